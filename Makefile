@@ -46,6 +46,11 @@ demo: $(STAMP) $(ASSETS)/.fetched
 	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
 	  --layers 6,15 --tokens 20k --seq-len 128 --batch-size 16 --out $(RUN)/store --resume
 	$(BIN)/ghosttrack info $(RUN)/store
+	$(BIN)/ghosttrack train --store $(RUN)/store --layer 15 --arch topk --k 32 --expansion 8 \
+	  --batch-size 1024 --epochs 8 --out $(RUN)/sae --overwrite
+	$(BIN)/ghosttrack interpret --store $(RUN)/store --sae $(RUN)/sae/layer_15 --top-k 20 \
+	  --out $(RUN)/interp --show 0,1,2
+	@echo "feature browser: file://$(abspath $(RUN))/interp/layer_15/index.html"
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py

@@ -57,8 +57,9 @@ def main() -> None:
     """
 
 
-def extract_options(func):
-    """Options of `extract`, shared with `run`."""
+def extract_options(*, in_run: bool = False):
+    """Options of `extract`; `run` shares them, naming the ones `train` also has --extract-*."""
+    prefix = "--extract-" if in_run else "--"
     options = [
         click.option("--model", default="gpt2", show_default=True,
                      help="HF hub id, local model directory, or a .gguf file."),
@@ -71,26 +72,34 @@ def extract_options(func):
         click.option("--wiki-date", default="20231101", show_default=True, help="Wikipedia dump date (with --corpus wikipedia)."),
         click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF rows."),
         click.option("--min-chars", default=200, show_default=True, type=int, help="Skip documents shorter than this."),
-        click.option("--layers", default="all", show_default=True, help="Blocks to store: 0-11, 0,6,11 or all."),
         click.option("--hook", type=click.Choice(["resid_post", "resid_pre"]), default="resid_post", show_default=True,
                      help="Residual stream after block i (resid_post) or before it (resid_pre)."),
         click.option("--tokens", default="10M", show_default=True, help="Tokens to extract: 10M, 200k, 4096."),
         click.option("--seq-len", default=128, show_default=True, type=int, help="Tokens per packed sequence."),
-        click.option("--batch-size", default=32, show_default=True, type=int, help="Sequences per forward pass."),
+        click.option(f"{prefix}batch-size", "extract_batch_size" if in_run else "batch_size", default=32,
+                     show_default=True, type=int, help="Sequences per forward pass."),
         click.option("--chunk-tokens", default=None, type=int,
                      help="Rows per store chunk (multiple of --seq-len); default: >= 32 chunks, <= 65,536 rows."),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-                     help="Model dtype for the forward pass (rows are stored as fp16)."),
-        click.option("--device", default=None, help="Device (default: what accelerate picks: cuda if present)."),
+        click.option(f"{prefix}dtype", "extract_dtype" if in_run else "dtype", type=click.Choice(["fp32", "fp16", "bf16"]),
+                     default="fp32", show_default=True, help="Model dtype for the forward pass (rows are stored as fp16)."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    if not in_run:
+        options += [
+            click.option("--layers", default="all", show_default=True, help="Blocks to store: 0-11, 0,6,11 or all."),
+            click.option("--device", default=None, help="Device (default: what accelerate picks: cuda if present)."),
+        ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 @main.command()
 @config_option
-@extract_options
+@extract_options()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory to write.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted store made with the same settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
@@ -110,8 +119,9 @@ def run_extraction(options: dict, *, command: str) -> Path:
     if options["resume"] and options["overwrite"]:
         raise GhostTrackError("--resume and --overwrite exclude each other; pass one")
     tokens = parse_token_count(options["tokens"])
-    accelerator = Accelerator(cpu=options["device"] == "cpu")
-    device = options["device"] or accelerator.device
+    device = None if options["device"] in (None, "auto") else options["device"]
+    accelerator = Accelerator(cpu=device == "cpu")
+    device = device or accelerator.device
     corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],
                          wiki_date=options["wiki_date"], text_field=options["text_field"])
     if accelerator.is_main_process:
