@@ -141,12 +141,19 @@ class HiddenStateExtractor:
             raise GhostTrackError(f"--batch-size must be at least 1, got {batch_size}")
         rank, world_size = self._process_layout()
         attrs = store_attrs(self.loaded, plan, self.corpus.describe())
-        writer = StoreWriter.open(
-            self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
-            chunk_tokens=plan.chunk_tokens, attrs=attrs, mode=mode, rank=rank, world_size=world_size,
-        )
+        def open_writer() -> StoreWriter:
+            return StoreWriter.open(
+                self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
+                chunk_tokens=plan.chunk_tokens, attrs=attrs, mode=mode, rank=rank, world_size=world_size,
+            )
+
+        # Rank 0 creates (or checks) the store before the other ranks open their part of it.
         if rank == 0:
+            writer = open_writer()
             self._save_tokenizer()
+        self._wait_for_everyone(world_size)
+        if rank != 0:
+            writer = open_writer()
         committed = writer.committed_tokens
         own_target = self._own_rows(plan, rank, world_size)
         sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
@@ -168,10 +175,9 @@ class HiddenStateExtractor:
             sink.close(complete=complete)
         if written < own_target:
             tqdm.write(f"corpus ran out: wrote {written:,} of {own_target:,} tokens")
-        if world_size > 1 and self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
-            if rank == 0:
-                StoreWriter.finalize(self.out, world_size)
+        self._wait_for_everyone(world_size)
+        if world_size > 1 and rank == 0:
+            StoreWriter.finalize(self.out, world_size)
         return self.out
 
     def _save_tokenizer(self) -> None:
@@ -183,6 +189,10 @@ class HiddenStateExtractor:
         shutil.rmtree(partial, ignore_errors=True)
         self.loaded.tokenizer.save_pretrained(partial)
         partial.rename(final)  # atomic: a killed run never leaves half a tokenizer
+
+    def _wait_for_everyone(self, world_size: int) -> None:
+        if world_size > 1:
+            self.accelerator.wait_for_everyone()
 
     def _process_layout(self) -> tuple[int, int]:
         if self.accelerator is None:

@@ -146,3 +146,53 @@ def test_killed_extraction_resumes_to_an_identical_store(tiny_gpt2_dir, corpus_f
     result = _run(_extract_args(tiny_gpt2_dir, corpus_file, out, *big, "--resume"))
     assert result.exit_code == 0, result.output
     assert _store_files(out) == _store_files(reference)
+
+
+class _ThreadAccelerator:
+    """Stands in for accelerate's Accelerator: each thread is one process, wait_for_everyone a barrier."""
+
+    def __init__(self, rank: int, world_size: int, barrier):
+        self.process_index, self.num_processes, self._barrier = rank, world_size, barrier
+
+    def wait_for_everyone(self):
+        self._barrier.wait(timeout=120)
+
+
+def test_two_processes_write_their_own_chunks_into_the_single_process_store(tiny_gpt2_dir, corpus_file, tmp_path):
+    import threading
+
+    from ghosttrack.corpus import open_corpus
+    from ghosttrack.extractor import ExtractionPlan, HiddenStateExtractor
+    from ghosttrack.models import load_model
+
+    def extract(out, accelerator):
+        # A model per "process": hooks on a shared module would see the other thread's forwards.
+        loaded = load_model(str(tiny_gpt2_dir), causal_lm=False)
+        plan = ExtractionPlan(layers=[1, 3], target_tokens=2000, seq_len=32, chunk_tokens=128)
+        HiddenStateExtractor(loaded, open_corpus(str(corpus_file)), out, accelerator=accelerator).extract(
+            plan, batch_size=3, progress=False)
+
+    extract(tmp_path / "single", None)
+    barrier, errors = threading.Barrier(2), []
+
+    def rank(r):
+        try:
+            extract(tmp_path / "multi", _ThreadAccelerator(r, 2, barrier))
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    single, multi = ActivationStore.open(tmp_path / "single"), ActivationStore.open(tmp_path / "multi")
+    assert multi.complete and multi.n_tokens == single.n_tokens == 1984
+    assert _store_files_raw(tmp_path / "multi") == _store_files_raw(tmp_path / "single")
+
+
+def _store_files_raw(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".lock")}
