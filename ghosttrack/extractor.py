@@ -155,7 +155,7 @@ class HiddenStateExtractor:
         if rank != 0:
             writer = open_writer()
         committed = writer.committed_tokens
-        own_target = self._own_rows(plan, rank, world_size)
+        own_target = writer.capacity
         sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
         owned = _owned_sequences(sequences, plan, rank, world_size, committed)
         bar = tqdm(total=own_target, initial=min(committed, own_target), unit="tok", unit_scale=True,
@@ -198,14 +198,6 @@ class HiddenStateExtractor:
         if self.accelerator is None:
             return 0, 1
         return self.accelerator.process_index, self.accelerator.num_processes
-
-    @staticmethod
-    def _own_rows(plan: ExtractionPlan, rank: int, world_size: int) -> int:
-        n_chunks = -(-plan.target_tokens // plan.chunk_tokens)
-        rows = 0
-        for chunk in range(rank, n_chunks, world_size):
-            rows += min(plan.chunk_tokens, plan.target_tokens - chunk * plan.chunk_tokens)
-        return rows
 
     @torch.inference_mode()
     def _forward_batch(self, batch: list[tuple[int, np.ndarray]], plan: ExtractionPlan, sink: AsyncStoreWriter) -> None:

@@ -1,0 +1,89 @@
+"""Commit records of a multi-process extraction, and how they merge into one committed prefix.
+
+With ``world_size`` > 1, rank r owns the row chunks c with ``c % world_size == r`` and records
+its own progress in ``commits/rank-<r>.json``: how many rows of its own chunks, in order, are
+durably written, and whether it has written all of them. The store's ``committed_tokens`` is
+the longest prefix of chunks that are all committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StoreError
+from .files import read_json, write_json
+
+COMMITS_DIR = "commits"
+
+
+def rank_file(root: Path, rank: int) -> Path:
+    """Where rank ``rank`` records its progress."""
+    return Path(root) / COMMITS_DIR / f"rank-{rank}.json"
+
+
+@dataclass(frozen=True)
+class RankCommit:
+    """One rank's durable progress."""
+
+    rank: int
+    world_size: int
+    committed_tokens: int
+    """Rows of this rank's own chunks written, counted in the rank's own chunk order."""
+    complete: bool
+    """The rank wrote all its rows (its last chunk may then be partial)."""
+
+
+def write_rank_commit(root: Path, commit: RankCommit) -> None:
+    """Record a rank's progress atomically."""
+    write_json(rank_file(root, commit.rank), commit.__dict__)
+
+
+def read_rank_commits(root: Path, world_size: int) -> list[RankCommit]:
+    """Every rank's record (a rank that has not committed yet counts as 0 rows, incomplete)."""
+    out = []
+    for r in range(world_size):
+        doc = read_json(rank_file(root, r))
+        if doc is None:
+            out.append(RankCommit(r, world_size, 0, False))
+            continue
+        if doc.get("world_size") != world_size or doc.get("rank") != r:
+            raise StoreError(
+                f"store {root} was written by {doc.get('world_size')} processes, not {world_size}; "
+                f"resume it with the same number of processes or pass --overwrite")
+        out.append(RankCommit(**doc))
+    return out
+
+
+def recorded_world_size(root: Path) -> int | None:
+    """The world size in the store's rank records, or None when it has none."""
+    for p in sorted((Path(root) / COMMITS_DIR).glob("rank-*.json")):
+        doc = read_json(p)
+        if isinstance(doc, dict) and isinstance(doc.get("world_size"), int):
+            return doc["world_size"]
+    return None
+
+
+def own_chunk(rank: int, world_size: int, k: int) -> int:
+    """Global index of the k-th chunk owned by ``rank``."""
+    return rank + k * world_size
+
+
+def merged_commit(commits: list[RankCommit], chunk_tokens: int, root: Path) -> tuple[int, bool]:
+    """(committed_tokens, complete) of the store: the contiguous prefix of committed chunks."""
+    ws = len(commits)
+    total, c = 0, 0
+    while True:
+        r, k = c % ws, c // ws
+        rows = min(max(commits[r].committed_tokens - k * chunk_tokens, 0), chunk_tokens)
+        total += rows
+        if rows < chunk_tokens:  # a gap, or the final partial chunk
+            break
+        c += 1
+    written = sum(x.committed_tokens for x in commits)
+    all_done = all(x.complete for x in commits)
+    if all_done and total != written:
+        raise StoreError(
+            f"the ranks of store {root} finished with non-contiguous chunks ({written} rows written, "
+            f"{total} contiguous); re-extract with --overwrite")
+    return total, all_done

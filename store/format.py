@@ -1,0 +1,166 @@
+"""The on-disk layout of an activation store: a zarr v3 group, its arrays and its attributes.
+
+One group per extraction run:
+
+- ``layers/<i>``: (n_tokens, d_model) float16, one chunk = ``chunk_tokens`` rows, uncompressed
+  (plain little-endian ``bytes`` codec), so a chunk file is exactly ``chunk_tokens * d_model * 2``
+  bytes that can be memory-mapped.
+- ``tokens`` (int32), ``positions`` (int32, position inside its packed sequence) and
+  ``sequence_ids`` (int64, index of the packed sequence): (n_tokens,), same row chunking.
+
+The group attributes are the identity of the run (model, hook, layers, corpus ...) plus the
+commit record (``committed_tokens``, ``complete``). Rows past ``committed_tokens`` are never
+trusted. All attributes are plain JSON without timestamps, so the same inputs give the same bytes.
+
+zarr's LocalStore writes every file to a temporary name and renames it into place, so a killed
+process never leaves a half-written ``zarr.json``; the writer relies on that for the commit record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec
+
+FORMAT_VERSION = 1
+DTYPE = "float16"
+FLAGGED_ROWS = "positions == 0"
+ROW_ARRAYS: dict[str, str] = {"tokens": "<i4", "positions": "<i4", "sequence_ids": "<i8"}
+"""The per-row metadata arrays and their little-endian dtypes (the bytes codec's byte order)."""
+LAYER_DTYPE = "<f2"
+REQUIRED_ATTRS = ("model", "revision", "hook", "context_length", "tokenizer", "corpus")
+"""Identity keys the caller must pass in ``attrs`` (revision may be None)."""
+PROGRESS_KEYS = ("committed_tokens", "complete")
+"""Attributes that change while a run progresses; every other attribute is the run's identity."""
+_OWN_KEYS = ("format_version", "layers", "d_model", "dtype", "chunk_tokens", "target_tokens",
+             "flagged_rows") + PROGRESS_KEYS
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+LOCK_PREFIX = ".lock"
+"""Lock files (``.lock``, ``.lock.rank-<r>``) sit in the store folder but are not store content."""
+TMP_SUFFIX = ".partial"
+"""Suffix of files being written; zarr's LocalStore uses the same one for its temporary files."""
+
+
+def layer_array(layer: int) -> str:
+    """Name of the array that holds one layer's activations."""
+    return f"layers/{layer}"
+
+
+def _canonical_json(value: Any) -> Any:
+    """The value as JSON would read it back (tuples -> lists, nested keys sorted), so that
+    comparisons with stored attributes are exact and the written bytes are deterministic."""
+    return json.loads(json.dumps(value, sort_keys=True, allow_nan=False))
+
+
+def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target_tokens: int,
+                   attrs: dict[str, Any]) -> dict[str, Any]:
+    """The identity attributes of a run, in a fixed key order (caller's extra keys sorted last)."""
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise ValueError(f"attrs is missing required keys {missing} (need {list(REQUIRED_ATTRS)})")
+    reserved = sorted(set(attrs) & set(_OWN_KEYS))
+    if reserved:
+        raise ValueError(f"attrs may not set {reserved}: the store writes those itself")
+    if not isinstance(attrs["corpus"], dict):
+        raise ValueError(f"attrs['corpus'] must be a dict describing the corpus, got {attrs['corpus']!r}")
+    try:
+        extra = _canonical_json(attrs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"attrs must be plain JSON (no NaN, no objects): {e}") from e
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": extra.pop("model"),
+        "revision": extra.pop("revision"),
+        "hook": extra.pop("hook"),
+        "layers": [int(i) for i in layers],
+        "d_model": int(d_model),
+        "dtype": DTYPE,
+        "context_length": extra.pop("context_length"),
+        "tokenizer": extra.pop("tokenizer"),
+        "corpus": extra.pop("corpus"),
+        "chunk_tokens": int(chunk_tokens),
+        "target_tokens": int(target_tokens),
+        "flagged_rows": FLAGGED_ROWS,
+    }
+    out.update(extra)  # already key-sorted by _canonical_json
+    return out
+
+
+def with_progress(identity: dict[str, Any], committed_tokens: int, complete: bool) -> dict[str, Any]:
+    """Identity attributes plus the commit record, in the fixed order the group stores them."""
+    return {**identity, "committed_tokens": int(committed_tokens), "complete": bool(complete)}
+
+
+def identity_of(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The identity part of stored attributes (everything except the commit record)."""
+    return {k: v for k, v in attrs.items() if k not in PROGRESS_KEYS}
+
+
+def read_store_attrs(path: Path) -> dict[str, Any] | None:
+    """The group attributes if ``path`` holds a GhostTrack store (a zarr.json with format_version), else None."""
+    meta = Path(path) / "zarr.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if doc.get("node_type") != "group" or not isinstance(attrs, dict) or "format_version" not in attrs:
+        return None
+    return attrs
+
+
+def content_entries(path: Path) -> list[Path]:
+    """The folder's entries that are store content (everything but lock files); [] if missing."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if not p.name.startswith(LOCK_PREFIX))
+
+
+def create_group(path: Path, attrs: dict[str, Any], target_tokens: int) -> zarr.Group:
+    """Create the group and all its arrays, shaped for ``target_tokens`` rows.
+
+    The arrays keep that shape until the run completes (then they are cut to the committed rows),
+    so their metadata does not change while chunks are appended, and a resumed run writes the
+    same metadata bytes as an uninterrupted one.
+    """
+    # "a", not "w" or "w-": those empty or refuse the folder, whose lock file is already there.
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3, attributes=attrs)
+    ct, d = attrs["chunk_tokens"], attrs["d_model"]
+    for layer in attrs["layers"]:
+        _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPE)
+    for name, dtype in ROW_ARRAYS.items():
+        _create_array(group, name, (target_tokens,), (ct,), dtype)
+    return group
+
+
+def _create_array(group: zarr.Group, name: str, shape: tuple, chunks: tuple, dtype: str) -> None:
+    group.create_array(
+        name, shape=shape, chunks=chunks, dtype=np.dtype(dtype).name,
+        compressors=None, serializer=BytesCodec(endian="little"), fill_value=0,
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
+    )
+
+
+def array_names(layers: list[int]) -> list[str]:
+    """Every array of a store with these layers: layer arrays first, then the row arrays."""
+    return [layer_array(i) for i in layers] + list(ROW_ARRAYS)
+
+
+def chunk_file(root: Path, array: zarr.Array, c: int) -> Path:
+    """The file that holds row-chunk ``c`` of ``array`` (zarr's own key encoding decides the name)."""
+    coords = (c,) + (0,) * (array.ndim - 1)
+    return Path(root) / array.path / array.metadata.encode_chunk_key(coords)
+
+
+def is_plain_chunked(array: zarr.Array) -> bool:
+    """True when each chunk file is the raw little-endian C-order bytes of the chunk (memmap-able):
+    no compressor, no filter, no sharding, a plain little-endian ``bytes`` serializer."""
+    ser = array.serializer
+    return (array.shards is None and not array.compressors and not array.filters
+            and isinstance(ser, BytesCodec)
+            and (ser.endian is None or ser.endian.value == "little"))

@@ -1,0 +1,346 @@
+"""StoreWriter: appends rows chunk by chunk and commits after every fully written chunk.
+
+Commit protocol: the chunk files of every array are written first (each atomically, see
+``files.py``), then the commit record advances (``committed_tokens`` in the group attributes, or
+the rank's file in ``commits/`` for multi-process runs). A process killed at any instant leaves a
+store whose commit record points at fully written chunks; ``mode="resume"`` deletes whatever lies
+past it, and finishing the run gives the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import format as fmt
+from .commits import (COMMITS_DIR, RankCommit, merged_commit, own_chunk, read_rank_commits,
+                      recorded_world_size, write_rank_commit)
+from .errors import StoreError
+from .files import AtomicFile, is_disk_full, remove_partials
+from .lock import StoreLock
+
+MODES = ("create", "resume", "overwrite")
+
+
+def _lock_name(rank: int, world_size: int) -> str:
+    return fmt.LOCK_PREFIX if world_size == 1 or rank == 0 else f"{fmt.LOCK_PREFIX}.rank-{rank}"
+
+
+def _own_rows(total: int, rank: int, world_size: int, chunk_tokens: int) -> int:
+    """Rows of the first ``total`` rows that lie in the chunks owned by ``rank``."""
+    n_chunks = -(-total // chunk_tokens)
+    return sum(min(chunk_tokens, total - c * chunk_tokens) for c in range(rank, n_chunks, world_size))
+
+
+def _describe(attrs: dict[str, Any]) -> str:
+    return f"model {attrs.get('model')}, layers {attrs.get('layers')}"
+
+
+def _check_identity(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    have = fmt.identity_of(stored)
+    diffs = [f"{k}: stored {have.get(k)!r} vs requested {wanted.get(k)!r}"
+             for k in sorted(set(have) | set(wanted)) if have.get(k) != wanted.get(k)]
+    if diffs:
+        raise StoreError(f"cannot resume store {path}: it was written with different settings "
+                         f"({'; '.join(diffs)}); pass --overwrite to replace it or choose another --out")
+
+
+def _prepare(path: Path, identity: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """Check ``mode`` against what is at ``path`` without changing anything; the stored attrs or None."""
+    stored = fmt.read_store_attrs(path)
+    occupied = bool(fmt.content_entries(path))
+    if occupied and stored is None:
+        raise StoreError(f"{path} is not empty and is not a GhostTrack store (no zarr.json with "
+                         "format_version); refusing to touch it, choose another --out")
+    if mode == "create" and occupied:
+        raise StoreError(f"store already exists at {path} ({_describe(stored)}); pass --resume to "
+                         "continue it or --overwrite to replace it")
+    if mode == "resume" and stored is not None:
+        _check_identity(path, stored, identity)
+        return stored
+    return None
+
+
+class StoreWriter:
+    """Appends activation rows to a store; see the module docstring for the commit protocol.
+
+    With ``world_size`` > 1 open rank 0 first (it creates or checks the store), then the others.
+    Rank r must append exactly the rows of its chunks (c % world_size == r), in order; after every
+    rank closed, rank 0 calls ``StoreWriter.finalize(path, world_size)``.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group, lock: StoreLock, *, rank: int,
+                 world_size: int, committed_tokens: int, complete: bool):
+        self.path = path
+        self.rank, self.world_size = rank, world_size
+        self.committed_tokens = committed_tokens
+        """Rows durably committed (of this rank's own chunks when world_size > 1)."""
+        self.complete = complete
+        self._group, self._lock = group, lock
+        attrs = group.attrs.asdict()
+        self.layers: list[int] = list(attrs["layers"])
+        self.chunk_tokens: int = attrs["chunk_tokens"]
+        self.target_tokens: int = attrs["target_tokens"]
+        self._arrays = {name: group[name] for name in fmt.array_names(self.layers)}
+        self.d_model: int = attrs["d_model"]
+        self._dtypes = {fmt.layer_array(i): np.dtype(fmt.LAYER_DTYPE) for i in self.layers}
+        self._dtypes.update({name: np.dtype(dt) for name, dt in fmt.ROW_ARRAYS.items()})
+        # Rows go straight from append() into the current chunk's temporary files (no staging
+        # copy); the files are renamed into place once the chunk is full.
+        self._files: dict[str, AtomicFile] = {}
+        self._n_buf = 0
+        """Rows of the current chunk written to its temporary files, not yet committed."""
+        self.capacity = _own_rows(self.target_tokens, rank, world_size, self.chunk_tokens)
+        """Rows this writer may append in total (all of target_tokens when world_size == 1)."""
+        self._failed: str | None = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path, *, layers: list[int], d_model: int, target_tokens: int, chunk_tokens: int,
+             attrs: dict, mode: str = "create", rank: int = 0, world_size: int = 1) -> "StoreWriter":
+        """Create, resume or overwrite the store at ``path`` and lock it for writing."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+            raise ValueError(f"layers must be distinct non-negative ints, got {layers}")
+        if min(d_model, target_tokens, chunk_tokens, world_size) < 1 or not 0 <= rank < world_size:
+            raise ValueError("need d_model, target_tokens, chunk_tokens, world_size >= 1 and 0 <= rank < world_size")
+        path = Path(path)
+        identity = fmt.identity_attrs(layers=list(layers), d_model=d_model, chunk_tokens=chunk_tokens,
+                                      target_tokens=target_tokens, attrs=attrs)
+        if rank > 0:
+            return cls._open_rank(path, identity, rank, world_size)
+        stored = _prepare(path, identity, mode)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = StoreLock.acquire(path / _lock_name(rank, world_size), path)
+        try:
+            if stored is None:
+                for entry in fmt.content_entries(path):  # only empty or a GhostTrack store gets here
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                group = fmt.create_group(path, fmt.with_progress(identity, 0, False), target_tokens)
+                if world_size > 1:
+                    (path / COMMITS_DIR).mkdir()
+                return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=0, complete=False)
+            return cls._resume(path, stored, lock, world_size)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume(cls, path: Path, stored: dict, lock: StoreLock, world_size: int) -> "StoreWriter":
+        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+        if stored["complete"]:  # nothing to write; appends are refused
+            own = _own_rows(stored["committed_tokens"], 0, world_size, stored["chunk_tokens"])
+            return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=own, complete=True)
+        commits_dir = path / COMMITS_DIR
+        if commits_dir.is_dir():
+            recorded = recorded_world_size(path)  # None: no rank had committed yet
+        else:
+            recorded = 1 if stored["committed_tokens"] > 0 else None
+        if recorded not in (None, world_size):
+            raise StoreError(f"store {path} was written by {recorded} process(es), not {world_size}; "
+                             "resume it with the same number of processes or pass --overwrite")
+        if world_size == 1:
+            commits = [RankCommit(0, 1, stored["committed_tokens"], False)]
+            if commits_dir.is_dir():
+                shutil.rmtree(commits_dir)  # the empty record folder of an earlier multi-process try
+        else:
+            commits_dir.mkdir(exist_ok=True)
+            commits = read_rank_commits(path, world_size)
+        writer = cls(path, group, lock, rank=0, world_size=world_size,
+                     committed_tokens=commits[0].committed_tokens, complete=commits[0].complete)
+        writer._discard_uncommitted(commits)
+        return writer
+
+    @classmethod
+    def _open_rank(cls, path: Path, identity: dict, rank: int, world_size: int) -> "StoreWriter":
+        stored = fmt.read_store_attrs(path)
+        if stored is None or not (stored["complete"] or (path / COMMITS_DIR).is_dir()):
+            raise StoreError(f"rank {rank}: no multi-process store at {path} yet; open it on rank 0 "
+                             "first, then wait for everyone before opening the other ranks")
+        _check_identity(path, stored, identity)
+        lock = StoreLock.acquire(path / _lock_name(rank, world_size), path)
+        try:
+            if stored["complete"]:
+                mine = RankCommit(rank, world_size, _own_rows(stored["committed_tokens"], rank, world_size,
+                                                              stored["chunk_tokens"]), True)
+            else:
+                mine = read_rank_commits(path, world_size)[rank]
+            group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+            return cls(path, group, lock, rank=rank, world_size=world_size,
+                       committed_tokens=mine.committed_tokens, complete=mine.complete)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _discard_uncommitted(self, commits: list[RankCommit]) -> None:
+        """Return an interrupted store to exactly its committed state: no temporary files, no chunk
+        files past any rank's commit, arrays shaped for target_tokens again."""
+        remove_partials(self.path)
+        ct, ws = self.chunk_tokens, self.world_size
+        n_chunks = -(-self.target_tokens // ct)
+        for array in self._arrays.values():
+            if array.shape[0] != self.target_tokens:  # killed while completing: undo the cut
+                array.resize((self.target_tokens,) + array.shape[1:])
+            for c in range(n_chunks):
+                commit = commits[c % ws]
+                if commit.complete or (c // ws) * ct < commit.committed_tokens:
+                    continue
+                fmt.chunk_file(self.path, array, c).unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- writing
+
+    @property
+    def next_chunk(self) -> int:
+        """Global index of the chunk that the next appended rows go into."""
+        return own_chunk(self.rank, self.world_size, self.committed_tokens // self.chunk_tokens)
+
+    @property
+    def next_row(self) -> int:
+        """Global row index of the next row ``append`` expects (extraction resumes here)."""
+        return self.next_chunk * self.chunk_tokens + self._n_buf
+
+    def append(self, acts: dict[int, np.ndarray], tokens, positions, sequence_ids) -> None:
+        """Write rows to the current chunk; every time a chunk fills up, put it in place and commit it."""
+        self._check_writable()
+        if set(acts) != set(self.layers):
+            raise ValueError(f"acts must have exactly the layers {self.layers}, got {sorted(acts)}")
+        rows = {fmt.layer_array(i): np.asarray(a) for i, a in acts.items()}
+        rows.update(tokens=np.asarray(tokens), positions=np.asarray(positions),
+                    sequence_ids=np.asarray(sequence_ids))
+        n = len(rows["tokens"])
+        for name, a in rows.items():
+            want = (n, self.d_model) if name.startswith("layers/") else (n,)
+            if a.shape != want:
+                raise ValueError(f"{name} has shape {a.shape}, expected {want}")
+        if self.committed_tokens + self._n_buf + n > self.capacity:
+            raise ValueError(f"appending {n} rows would exceed target_tokens={self.target_tokens} "
+                             f"(this writer may hold {self.capacity} rows, has "
+                             f"{self.committed_tokens + self._n_buf})")
+        rows = {name: np.ascontiguousarray(a, dtype=self._dtypes[name]) for name, a in rows.items()}
+        done = 0
+        while done < n:
+            take = min(n - done, self.chunk_tokens - self._n_buf)
+            self._write_rows({name: a[done:done + take] for name, a in rows.items()})
+            done += take
+            if self._n_buf == self.chunk_tokens:
+                self._finish_chunk()
+                self._commit(self.committed_tokens + self.chunk_tokens, complete=False)
+
+    def _write_rows(self, rows: dict[str, np.ndarray]) -> None:
+        try:
+            for name, a in rows.items():
+                if name not in self._files:
+                    self._files[name] = AtomicFile(fmt.chunk_file(self.path, self._arrays[name], self.next_chunk))
+                self._files[name].write(a)
+        except OSError as e:
+            self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
+        self._n_buf += len(rows["tokens"])
+
+    def _finish_chunk(self) -> None:
+        """Pad the current chunk with the fill value (0) to full size and move its files into place."""
+        pad = self.chunk_tokens - self._n_buf
+        try:
+            for name, f in self._files.items():
+                if pad:
+                    f.write(np.zeros((pad,) + self._arrays[name].shape[1:], self._dtypes[name]))
+                f.commit()
+        except OSError as e:
+            self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
+        self._files, self._n_buf = {}, 0
+
+    def _drop_chunk(self) -> None:
+        """Delete the current chunk's temporary files: its rows were never committed."""
+        for f in self._files.values():
+            try:
+                f.abort()
+            except OSError:
+                pass  # already gone, or the disk is failing: resume deletes leftovers anyway
+        self._files, self._n_buf = {}, 0
+
+    def _commit(self, committed_tokens: int, complete: bool) -> None:
+        try:
+            if self.world_size == 1:
+                self._group.update_attributes({"committed_tokens": committed_tokens, "complete": complete})
+            else:
+                write_rank_commit(self.path, RankCommit(self.rank, self.world_size, committed_tokens, complete))
+        except OSError as e:
+            self._fail(e, f"while committing chunk {self.next_chunk} of {self.path}")
+        self.committed_tokens, self.complete = committed_tokens, complete
+
+    def _fail(self, err: OSError, where: str) -> None:
+        self._drop_chunk()
+        what = "disk full" if is_disk_full(err) else f"{err.strerror or err}"
+        fix = "free space" if is_disk_full(err) else "fix that"
+        self._failed = (f"{what} {where}; the store is intact at {self.committed_tokens} committed "
+                        f"tokens; {fix} and rerun with --resume")
+        raise StoreError(self._failed) from err
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StoreError(f"writer for {self.path} is closed")
+        if self._failed:
+            raise StoreError(self._failed)
+        if self.complete:
+            raise StoreError(f"store {self.path} is already complete ({self.committed_tokens} tokens); "
+                             "pass --overwrite to extract it again")
+
+    # ---------------------------------------------------------------- closing
+
+    def close(self, complete: bool) -> None:
+        """Release the lock. ``complete=True`` first writes the final partial chunk and marks the
+        store (or this rank) complete; ``complete=False`` drops unflushed rows, keeping the last commit."""
+        if self._closed:
+            return
+        try:
+            if complete and not self.complete:
+                self._check_writable()
+                total = self.committed_tokens + self._n_buf
+                if self._n_buf:
+                    self._finish_chunk()
+                if self.world_size == 1:
+                    for array in self._arrays.values():
+                        if array.shape[0] != total:
+                            array.resize((total,) + array.shape[1:])
+                self._commit(total, complete=True)
+        finally:
+            self._drop_chunk()
+            self._closed = True
+            self._lock.release()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving the block closes with complete=False unless close(complete=True) already ran."""
+        self.close(complete=False)
+
+    @staticmethod
+    def finalize(path, world_size: int) -> int:
+        """Merge the rank records of a multi-process store into its group attributes (rank 0, after
+        every rank closed). When all ranks are complete the arrays are cut to the committed rows and
+        the records are removed, leaving the same bytes as a single-process run. Returns committed_tokens."""
+        path = Path(path)
+        stored = fmt.read_store_attrs(path)
+        if stored is None:
+            raise StoreError(f"no GhostTrack store at {path} to finalize")
+        if stored["complete"]:
+            return stored["committed_tokens"]
+        with StoreLock.acquire(path / fmt.LOCK_PREFIX, path):
+            commits = read_rank_commits(path, world_size)
+            total, complete = merged_commit(commits, stored["chunk_tokens"], path)
+            group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+            if complete:
+                for name in fmt.array_names(stored["layers"]):
+                    array = group[name]
+                    array.resize((total,) + array.shape[1:])
+            group.update_attributes({"committed_tokens": total, "complete": complete})
+            if complete:
+                shutil.rmtree(path / COMMITS_DIR)
+        return total
