@@ -4,6 +4,8 @@ import os
 # Triton's interpreter, and BLAS stays single-threaded so tests are repeatable.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Test models are tiny: one intra-op thread is faster than two that spin-wait on each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

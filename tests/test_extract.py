@@ -123,7 +123,7 @@ def _committed(out: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGKILL, -9), (signal.SIGINT, 130)])
 def test_killed_extraction_resumes_to_an_identical_store(tiny_gpt2_dir, corpus_file, tmp_path, stop_signal, exit_code):
-    big = ["--tokens", "40960", "--chunk-tokens", "64", "--batch-size", "2"]
+    big = ["--tokens", "12288", "--chunk-tokens", "64", "--batch-size", "2"]
     reference = tmp_path / "reference"
     assert _run(_extract_args(tiny_gpt2_dir, corpus_file, reference, *big)).exit_code == 0
 
@@ -132,14 +132,14 @@ def test_killed_extraction_resumes_to_an_identical_store(tiny_gpt2_dir, corpus_f
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _committed(out) < 64 * 8 and process.poll() is None and time.time() < deadline:
+    while _committed(out) < 64 * 4 and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert process.poll() is None, "extraction finished before it could be interrupted; make it longer"
     process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == exit_code, stderr.decode()[-2000:]
     committed = _committed(out)
-    assert 0 < committed < 40960 and committed % 64 == 0
+    assert 0 < committed < 12288 and committed % 64 == 0
     if stop_signal == signal.SIGINT:
         assert b"--resume" in stderr
 
