@@ -61,6 +61,7 @@ demo: $(STAMP) $(ASSETS)/.fetched
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_interpret.py
 
 clean:
 	rm -rf $(VENV) .cache runs

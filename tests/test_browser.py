@@ -1,0 +1,134 @@
+"""The static feature browser: data files, escaping, and the page itself in headless Chromium."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ghosttrack.browser import PART_SIZE, write_browser
+from ghosttrack.interpret import density_histogram
+
+CHROMIUM = Path("/usr/bin/chromium")
+N_FEATURES = PART_SIZE + 44  # two data files, the second one partial
+EVIL = "<img src=x onerror=\"document.title='pwned'\">"
+
+
+def fake_records(n: int) -> list[dict]:
+    """Feature records as FeatureInterpreter writes them: feature f's examples activate on token 'tok{f}'."""
+    rng = np.random.default_rng(0)
+    records = []
+    for f in range(n):
+        dead = f % 7 == 3
+        acts = [] if dead else sorted(rng.uniform(0.5, 5.0, 4).tolist(), reverse=True)
+        token = EVIL if f == 5 else f" tok{f}"
+        examples = [{"text": f"before {i} {token} after", "position": 3 + i, "activation": a, "token": token,
+                     "tokens": ["before", f" {i}", token, " after"], "token_index": 2, "row": 100 * f + i}
+                    for i, a in enumerate(acts)]
+        records.append({
+            "feature_id": f, "active": not dead, "num_activations": 0 if dead else 40 + f,
+            "top_activation": acts[0] if acts else 0.0, "mean_activation": float(np.mean(acts)) if acts else 0.0,
+            "density": 0.0 if dead else (0.5 if f == 1 else (40 + f) / 10_000),
+            "common_tokens": [] if dead else [[token, len(acts)], [" and", 1]],
+            "top_examples": examples,
+            "histogram": {"bin_edges": [] if dead else [0.4, 1.0, 2.0, 6.0], "counts": [] if dead else [10, 20, 10 + f]},
+        })
+    return records
+
+
+def fake_summary(records: list[dict]) -> dict:
+    density = np.array([r["density"] for r in records])
+    dead = [r["feature_id"] for r in records if not r["active"]]
+    dense = [{"feature_id": r["feature_id"], "density": r["density"]} for r in records if r["density"] > 0.1]
+    n = len(records)
+    return {"layer": 6, "model": "tiny <script>alert(1) & co", "hook": "resid_post", "store": "runs/s", "sae_path": "runs/sae",
+            "d_in": 32, "d_sae": n, "rows_scanned": 10_000, "rows_skipped_flagged": 80, "rows_skipped_outliers": 3,
+            "dead": {"count": len(dead), "fraction": len(dead) / n, "features": dead},
+            "dense": {"count": len(dense), "fraction": len(dense) / n, "threshold": 0.1, "features": dense},
+            "density_histogram": density_histogram(density[density > 0], 10_000)}
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    records = fake_records(N_FEATURES)
+    directory = tmp_path_factory.mktemp("browser")
+    index = write_browser(directory, records, fake_summary(records))
+    return index, records
+
+
+def _js_payload(path: Path, call: str):
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(call + "(") and text.endswith(");\n")
+    return json.loads("[" + text[len(call) + 1:-3].replace("<\\/", "</") + "]")
+
+
+def test_data_files(page):
+    index, records = page
+    data = index.parent / "browser_data"
+    assert sorted(p.name for p in data.iterdir()) == ["features_0000.js", "features_0001.js", "overview.js"]
+    (overview,) = _js_payload(data / "overview.js", "GT.overview")
+    assert overview["d_sae"] == N_FEATURES and len(overview["features"]["density"]) == N_FEATURES
+    part, features = _js_payload(data / "features_0001.js", "GT.part")
+    assert part == 1 and [f["id"] for f in features] == list(range(PART_SIZE, N_FEATURES))
+    assert features[0]["examples"][0][2] == records[PART_SIZE]["top_examples"][0]["tokens"]
+    # "</" is escaped in the data files, and the title is HTML-escaped in the page.
+    assert "</" not in (data / "features_0000.js").read_text() and "</" not in (data / "overview.js").read_text()
+    assert "tiny &lt;script&gt;alert(1) &amp; co" in index.read_text()
+
+
+def test_rewrite_replaces_data(page, tmp_path):
+    index, records = page
+    shutil.copytree(index.parent, tmp_path / "copy")
+    write_browser(tmp_path / "copy", records[:10], fake_summary(records[:10]))
+    assert sorted(p.name for p in (tmp_path / "copy" / "browser_data").iterdir()) == ["features_0000.js", "overview.js"]
+    with pytest.raises(ValueError, match="ordered by feature id"):
+        write_browser(tmp_path / "bad", records[1:5], fake_summary(records[1:5]))
+
+
+def chromium(tmp_path: Path, url: str, *extra: str) -> str:
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium (/usr/bin/chromium) is not installed; apt-get install chromium")
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=5000", *extra, url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def by_id(dom: str, element_id: str) -> str:
+    """The text of the element with this id and everything after it up to the next panel (good enough here)."""
+    match = re.search(rf'id="{element_id}"(.*?)(?=<div class="panel"|</main>)', dom, re.S)
+    assert match, f"no element #{element_id} in the page"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_page_in_chromium(page, tmp_path):
+    index, records = page
+    url = index.as_uri()
+    overview = chromium(tmp_path, url, "--dump-dom")
+    dead = sum(not r["active"] for r in records)
+    assert f"Layer 6: {N_FEATURES} features" in overview
+    assert f"{dead} (" in by_id(overview, "stat-dead") and "rows scanned" in overview
+    assert "<rect" in by_id(overview, "density-histogram")
+    assert 'href="#feature=1"' in by_id(overview, "dense-list")
+    # A feature page (in the second data file) shows its contexts with the token highlighted.
+    f = PART_SIZE + 7
+    view = chromium(tmp_path, url + f"#feature={f}", "--dump-dom")
+    examples = by_id(view, "examples")
+    assert examples.count('class="example"') == len(records[f]["top_examples"])
+    assert f'<span class="hl"' in examples and f"tok{f}</span>" in examples and "before" in examples
+    assert "<rect" in by_id(view, "activation-histogram")
+    # Search by token finds the feature; search by id opens its page.
+    hits = by_id(chromium(tmp_path, url + "#search=tok42", "--dump-dom"), "search-results")
+    assert 'href="#feature=42"' in hits and 'href="#feature=43"' not in hits
+    assert "<h2 id=\"feature-title\">Feature 18</h2>" in chromium(tmp_path, url + "#search=18", "--dump-dom")
+    # A token made of markup stays text.
+    evil = chromium(tmp_path, url + "#feature=5", "--dump-dom")
+    assert "&lt;img src=x" in evil and "<img" not in evil and "<title>pwned" not in evil
+    # A screenshot renders (look at it when changing the page: tmp_path / "feature.png").
+    chromium(tmp_path, url + f"#feature={f}", f"--screenshot={tmp_path / 'feature.png'}", "--window-size=1200,900")
+    assert (tmp_path / "feature.png").stat().st_size > 10_000
