@@ -1,0 +1,153 @@
+"""The one entry `ghosttrack train` and `ghosttrack run` share: train an SAE per layer of a store.
+
+`train_layers` keeps going when a layer fails and returns, per layer, either the run's
+summary or the exception; the caller reports each failure and exits non-zero.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ghosttrack.checkpoint import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
+from ghosttrack.cli_common import CONFIG_FILENAME, parse_layers, save_resolved_config
+from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae_config import SAEConfig, make_sae_config
+from ghosttrack.store.errors import StoreError
+from ghosttrack.store.reader import ActivationStore
+from ghosttrack.trainer import FINAL_DIR, SAETrainer, make_accelerator
+from ghosttrack.trainer_config import TrainerConfig
+
+RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
+# Options that say how to treat existing files, not what is trained: left out of the saved config.
+NOT_SAVED = ("resume", "overwrite", "config")
+
+
+def layer_dir(out: str | Path, layer: int) -> Path:
+    return Path(out) / f"layer_{layer}"
+
+
+def open_training_store(path: str | Path) -> ActivationStore:
+    """The store, refused (with the fix) while it is being written or when its extraction stopped early."""
+    store = ActivationStore.open(path)
+    if store.complete:
+        return store
+    target = store.attrs.get("target_tokens", "?")
+    for lock in sorted(Path(path).glob(".lock*")):
+        try:
+            pid = json.loads(lock.read_text()).get("pid")
+            os.kill(int(pid), 0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # a stale lock: its writer is gone
+        raise GhostTrackError(f"store {path} is still being written (pid {pid}, {store.n_tokens:,} of {target:,} "
+                              f"tokens so far); wait for ghosttrack extract to finish, then train")
+    raise GhostTrackError(f"store {path} is incomplete ({store.n_tokens:,} of {target:,} tokens committed; its "
+                          f"extraction was interrupted); finish it with ghosttrack extract ... --resume")
+
+
+def _prepare_dir(directory: Path, *, resume: bool, overwrite: bool) -> dict | None:
+    """The saved state to resume from (or None), after refusing to clobber an existing run."""
+    if resume and overwrite:
+        raise GhostTrackError("--resume and --overwrite exclude each other; pass one")
+    existing = [name for name in RUN_FILES if (directory / name).exists()]
+    if existing and not (resume or overwrite):
+        raise GhostTrackError(f"{directory} already holds a training run ({', '.join(existing)}); pass --resume "
+                              f"to continue it or --overwrite to start over")
+    if overwrite:
+        for d in (directory, directory / FINAL_DIR):
+            for name in RUN_FILES:
+                (d / name).unlink(missing_ok=True)
+        if (directory / FINAL_DIR).is_dir() and not any((directory / FINAL_DIR).iterdir()):
+            shutil.rmtree(directory / FINAL_DIR)
+    if resume and (directory / STATE_FILE).exists():
+        return load_trainer_state(directory / STATE_FILE)
+    return None
+
+
+def sae_metadata(store: ActivationStore, layer: int) -> dict[str, Any]:
+    """SAELens metadata of an SAE trained on `layer` of `store`."""
+    return {"model_name": store.model, "hook_name": f"blocks.{layer}.hook_{store.hook}", "hook_layer": layer,
+            "hook_head_index": None, "context_size": store.context_length, "prepend_bos": False,
+            "dataset_path": json.dumps(store.attrs.get("corpus"), sort_keys=True),
+            "ghosttrack": {"store": str(store.path), "layer": layer}}
+
+
+def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, cfg: TrainerConfig,
+                        out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                        options: dict[str, Any] | None = None, accelerator=None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Train one SAE into `<out>/layer_<layer>/`; returns its summary (see SAETrainer)."""
+    directory = layer_dir(out, layer)
+    store.require_layer(layer)
+    saved = _prepare_dir(directory, resume=resume, overwrite=overwrite)
+    trainer = SAETrainer(store, layer, sae_cfg, cfg, directory, metadata=sae_metadata(store, layer),
+                         accelerator=accelerator, progress=progress)
+    if trainer.main:
+        directory.mkdir(parents=True, exist_ok=True)
+        if options is not None:
+            clean = {k: v for k, v in options.items() if k not in NOT_SAVED}
+            save_resolved_config(directory, "train", clean)
+            save_resolved_config(directory / FINAL_DIR, "train", clean)
+    return trainer.run(saved)
+
+
+# Options of `train` that feed TrainerConfig under another name.
+_TRAINER_OPTION_NAMES = {"warmup": "warmup_fraction", "sparsity_warmup": "sparsity_warmup_fraction"}
+
+
+def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConfig, TrainerConfig]:
+    """The SAE and trainer configs that `train`'s options describe for a layer of width d_model."""
+    d_sae = options.get("d_hidden") or int(round(float(options.get("expansion") or 16) * d_model))
+    sae_cfg = make_sae_config(options.get("arch") or "relu", d_model, d_sae, l1_coeff=options.get("l1"),
+                              l0_coeff=options.get("l0"), bandwidth=options.get("bandwidth"),
+                              init_threshold=options.get("init_threshold"), k=options.get("k"),
+                              aux_k=options.get("aux_k"), aux_coeff=options.get("aux_coeff"),
+                              dead_tokens=options.get("dead_tokens"))
+    trainer_opts = {_TRAINER_OPTION_NAMES.get(k, k): v for k, v in options.items() if v is not None}
+    if trainer_opts.get("max_norm_ratio") == 0:
+        trainer_opts["max_norm_ratio"] = None  # --max-norm-ratio 0 keeps every row
+    if "keep_flagged" in trainer_opts:
+        trainer_opts["skip_flagged"] = not trainer_opts.pop("keep_flagged")
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(trainer_opts.get("dtype"), trainer_opts.get("dtype"))
+    if dtype is not None:
+        trainer_opts["dtype"] = dtype
+    return sae_cfg, TrainerConfig.from_dict(trainer_opts)
+
+
+def train_layers(store_path: str | Path, layers: str | list[int], out: str | Path,
+                 options: dict[str, Any], *, progress: bool = True) -> dict[int, dict[str, Any] | Exception]:
+    """Train one SAE per layer (`layers`: a list, or a spec such as "all", "0-11", "0,6,11").
+
+    Returns {layer: summary dict, or the exception that stopped that layer}. A failing layer is
+    reported on stderr and does not stop the others; Ctrl-C does (after saving a resumable state).
+    """
+    try:
+        store = open_training_store(store_path)
+        wanted = parse_layers(layers)
+    except click.BadParameter as exc:
+        raise GhostTrackError(str(exc.message)) from exc
+    wanted = store.layers if wanted == "all" else wanted
+    try:
+        sae_cfg, cfg = configs_from_options(options, store.d_model)
+    except ValueError as exc:
+        raise GhostTrackError(f"bad training option: {exc}") from exc
+    accelerator = make_accelerator(cfg)
+    results: dict[int, dict[str, Any] | Exception] = {}
+    for layer in wanted:
+        try:
+            results[layer] = train_sae_for_layer(
+                store, layer, sae_cfg, cfg, out, resume=bool(options.get("resume")),
+                overwrite=bool(options.get("overwrite")), options={**options, "layers": str(layer)},
+                accelerator=accelerator, progress=progress)
+        except (GhostTrackError, StoreError) as exc:
+            results[layer] = exc
+            click.echo(f"layer {layer}: error: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - one broken layer must not hide the others' results
+            results[layer] = exc
+            click.echo(f"layer {layer}: unexpected error:\n{traceback.format_exc()}", err=True)
+    return results

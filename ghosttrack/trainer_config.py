@@ -1,0 +1,88 @@
+"""How an SAE is trained: one dataclass, saved in every checkpoint and compared on --resume."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, schedule, data and bookkeeping settings of one SAE training run."""
+
+    lr: float = 1e-3
+    """Peak Adam learning rate."""
+    epochs: float = 1.0
+    """Passes over the layer's training rows (fractions allowed: 2.5 stops half-way through the third)."""
+    batch_size: int = 4096
+    """Rows per optimisation step."""
+    warmup_fraction: float = 0.02
+    """Share of the steps with a linear learning-rate warm-up from 0."""
+    min_lr_ratio: float = 0.0
+    """The cosine decay ends at lr * min_lr_ratio."""
+    sparsity_warmup_fraction: float = 0.05
+    """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    dtype: str = "float32"
+    """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32)."""
+    device: str = "auto"
+    """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
+    seed: int = 0
+    """Seeds the SAE's initialisation and the loader's split and order."""
+    fused: bool = False
+    """Use the fused Triton kernel (relu / jumprelu) instead of the PyTorch reference path."""
+    log_every: int = 20
+    """Steps between progress updates / history entries (the only host syncs of the loop)."""
+    checkpoint_every: int = 500
+    """Steps between resumable checkpoints (trainer_state.pt)."""
+    dead_window_tokens: int = 1_000_000
+    """A latent that fired in none of the last this-many training tokens counts as dead."""
+    dense_threshold: float = 0.1
+    """A latent firing on more than this fraction of validation rows counts as dense."""
+    scale_rows: int = 65_536
+    """Training rows used (once, before step 0) to estimate the input scale and the data mean."""
+    val_fraction: float = 0.05
+    """Share of the store's chunks held out for validation (split by chunk)."""
+    buffer_batches: int = 8
+    """The loader mixes rows in a buffer of this many batches (>= 8)."""
+    skip_flagged: bool = True
+    """Skip position-0 rows (attention sinks) in training and metrics."""
+    max_norm_ratio: float | None = 3.0
+    """Skip rows whose norm exceeds this multiple of the median norm (None: keep all); counted and reported."""
+    device_resident: str = "auto"
+    """Hold the whole layer on the device (yes / no / auto: on CUDA when it fits)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
+            raise ValueError(f"lr, epochs and batch_size must be > 0, got {self.lr}, {self.epochs}, {self.batch_size}")
+        for name in ("warmup_fraction", "sparsity_warmup_fraction", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"log_every and checkpoint_every must be >= 1, got {self.log_every}, {self.checkpoint_every}")
+        if self.dead_window_tokens < 1 or self.scale_rows < 1:
+            raise ValueError("dead_window_tokens and scale_rows must be >= 1")
+        # Checkpoints fall on log boundaries, where the loop has synced and checked the loss.
+        self.checkpoint_every = -(-self.checkpoint_every // self.log_every) * self.log_every
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainerConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.
+RESUME_FREE = ("device", "log_every", "checkpoint_every", "device_resident")

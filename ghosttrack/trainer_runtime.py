@@ -1,0 +1,58 @@
+"""What a training run needs from its surroundings: the accelerate runtime, the fused kernel's
+availability, and a Ctrl-C that stops at a step boundary instead of mid-update."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+
+from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae_config import SAEConfig
+from ghosttrack.trainer_config import TrainerConfig
+
+
+def make_accelerator(cfg: TrainerConfig):
+    """An accelerate.Accelerator for cfg.device (one process, or data parallel under `accelerate launch` / torchrun)."""
+    from accelerate import Accelerator
+
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise GhostTrackError(f"--device {cfg.device} is not supported; use auto, cpu or cuda")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise GhostTrackError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    if ":" in cfg.device:
+        torch.cuda.set_device(torch.device(cfg.device))
+    # Autocast is ours (torch.autocast around the loss), not accelerate's: its mixed-precision
+    # setting is process-global and could not differ between two runs in one process.
+    return Accelerator(cpu=cfg.device == "cpu")
+
+
+def check_fused(sae_cfg: SAEConfig) -> None:
+    from ghosttrack.kernels import fused
+
+    if sae_cfg.architecture == "topk":
+        raise GhostTrackError("--fused covers the relu and jumprelu SAEs; train topk without --fused")
+    if not fused.is_available():
+        raise GhostTrackError(fused.UNAVAILABLE)
+
+
+class GracefulInterrupt:
+    """Turns the first Ctrl-C into a flag the loop checks after each step; a second one raises."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
