@@ -69,7 +69,8 @@ class TrainerConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"log_every and checkpoint_every must be >= 1, got {self.log_every}, {self.checkpoint_every}")
+            raise ValueError(f"log_every and checkpoint_every must be >= 1, "
+                             f"got {self.log_every}, {self.checkpoint_every}")
         if self.dead_window_tokens < 1 or self.scale_rows < 1:
             raise ValueError("dead_window_tokens and scale_rows must be >= 1")
         # Checkpoints fall on log boundaries, where the loop has synced and checked the loss.

@@ -38,7 +38,8 @@ def test_sparse_topk_matches_reference_values_and_gradients(B, D, H, k):
     torch.testing.assert_close(acts.sort(-1, descending=True).values, ref.top_acts)
     torch.testing.assert_close(loss, ref_loss)
     inputs = (x, W_enc, b_enc, W_dec, b_dec)
-    for name, got, want in zip(("x", "W_enc", "b_enc", "W_dec", "b_dec"), _grads(loss, inputs), _grads(ref_loss, inputs)):
+    names = ("x", "W_enc", "b_enc", "W_dec", "b_dec")
+    for name, got, want in zip(names, _grads(loss, inputs), _grads(ref_loss, inputs)):
         torch.testing.assert_close(got, want, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
@@ -69,7 +70,8 @@ def test_masked_selection_only_picks_allowed_latents_and_zeroes_the_rest():
     torch.testing.assert_close(acts[allowed], torch.relu(pre.gather(1, idx))[allowed])
     assert allowed.sum(1).eq(3).all()
     # Dense decode of the masked selection equals the plain gather/sum decoder.
-    torch.testing.assert_close(sparse_decode(acts, idx, W_dec), topk_decode(acts, idx, W_dec, torch.zeros(12, dtype=x.dtype)))
+    no_bias = torch.zeros(12, dtype=x.dtype)
+    torch.testing.assert_close(sparse_decode(acts, idx, W_dec), topk_decode(acts, idx, W_dec, no_bias))
 
 
 @pytest.mark.parametrize("use_csr", [True, False])
