@@ -12,7 +12,7 @@ sparsify at the same architecture, width, batch and dtype, next to ours in the s
     python bench/bench_train.py --quick              # small shapes, a few seconds
     python bench/bench_train.py --peers-python /work/peers-venv/bin/python
 
-Writes bench/results/train_<device>.json and .md (median over steps after warm-up).
+Writes bench/results/train_<tag>.json and .md (tag: cpu or gpu unless --tag; median over steps after warm-up).
 """
 from __future__ import annotations
 
@@ -70,10 +70,13 @@ def sae_config(arch: str, d: int, h: int, k: int):
 
 
 def time_loader(store, batch: int, steps: int, device) -> float:
-    """Rows/s of the loader alone, from the first delivered batch to the last."""
+    """Rows/s of the loader alone, as the trainer sets it up, from the first delivered batch to the last."""
     from ghosttrack.store.loader import ActivationLoader, LoaderConfig
+    from ghosttrack.trainer_runtime import resolve_resident
 
-    loader = ActivationLoader(store, 0, LoaderConfig(batch_size=batch), device=device, progress=False)
+    resident = resolve_resident("auto", device, store)
+    loader = ActivationLoader(store, 0, LoaderConfig(batch_size=batch, device_resident=resident), device=device,
+                              progress=False)
     times = []
     for i, x in enumerate(loader):
         sync(device)
@@ -97,12 +100,17 @@ def bare_steps(make_step, batches: list[torch.Tensor], steps: int, warmup: int, 
     return statistics.median(times)
 
 
+def adam(params, device) -> torch.optim.Adam:
+    """The trainer's optimizer (fused Adam where torch has it), for every library alike."""
+    return torch.optim.Adam(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))
+
+
 def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str):
     from ghosttrack.sae import SparseAutoencoder
 
     torch.manual_seed(0)
     sae = SparseAutoencoder(sae_config(arch, d, h, k)).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = adam(sae.parameters(), device)
     since = torch.zeros(h, dtype=torch.int64, device=device)  # nothing dead: AuxK costs what it costs
 
     def step(x):
@@ -160,7 +168,7 @@ def peer_steps(arch: str, d: int, h: int, k: int, device, dtype: str) -> dict[st
         else:
             sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=h, k=k, device=str(device)))
             coeffs = {}
-        sl_opt = torch.optim.Adam(sl.parameters(), lr=1e-4)
+        sl_opt = adam(sl.parameters(), device)
         dead = torch.zeros(h, dtype=torch.bool, device=device)
 
         def sae_lens_step(x):
@@ -178,7 +186,7 @@ def peer_steps(arch: str, d: int, h: int, k: int, device, dtype: str) -> dict[st
             from sparsify import SparseCoder, SparseCoderConfig
 
             sp = SparseCoder(d, SparseCoderConfig(num_latents=h, k=k), device=device)
-            sp_opt = torch.optim.Adam(sp.parameters(), lr=1e-4)
+            sp_opt = adam(sp.parameters(), device)
             dead = torch.zeros(h, dtype=torch.bool, device=device)
 
             def sparsify_step(x):
@@ -215,15 +223,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of (loader, step, trainer), interleaved so that load drifts hit all three")
     p.add_argument("--archs", default="relu,topk")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="D=256, H=1024, batch 1024")
     p.add_argument("--peers-python", default=None, help="python of a venv with sae-lens / eai-sparsify")
+    p.add_argument("--tag", default=None, help="results file suffix (default: cpu or gpu)")
     p.add_argument("--peers-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess half
     args = p.parse_args()
     if args.quick:
         args.d, args.h, args.batch = 256, 1024, 1024
+    command = " ".join(sys.argv[1:])
     args.archs = args.archs.split(",")
     device = torch.device(args.device)
     if args.peers_only:
@@ -239,14 +251,20 @@ def main() -> None:
         store = ActivationStore.open(tmp / "store")
         batches = load_batches(store, args.batch, 2, device)
         results = {"machine": machine_name(device), "d": args.d, "h": args.h, "batch": args.batch, "k": args.k,
-                   "dtype": args.dtype, "steps": args.steps, "torch": torch.__version__, "archs": {}}
+                   "dtype": args.dtype, "steps": args.steps, "torch": torch.__version__, "command": command,
+                   "repeats": args.repeats, "archs": {}}
         for arch in args.archs:
-            loader = time_loader(store, args.batch, args.steps, device)
-            step = args.batch / bare_steps(ours_step(arch, args.d, args.h, args.k, device, args.dtype),
-                                           batches, args.steps, 2, device)
-            trainer = time_trainer(store, arch, args.d, args.h, args.k, args.batch, args.steps, device, args.dtype)
+            rounds = []
+            for _ in range(args.repeats):
+                loader = time_loader(store, args.batch, args.steps, device)
+                step = args.batch / bare_steps(ours_step(arch, args.d, args.h, args.k, device, args.dtype),
+                                               batches, args.steps, 2, device)
+                trainer = time_trainer(store, arch, args.d, args.h, args.k, args.batch, args.steps, device,
+                                       args.dtype)
+                rounds.append((loader, step, trainer))
+            loader, step, trainer = (statistics.median(r[i] for r in rounds) for i in range(3))
             results["archs"][arch] = {"loader_tok_s": loader, "step_tok_s": step, "trainer_tok_s": trainer,
-                                      "trainer_over_min": trainer / min(step, loader)}
+                                      "trainer_over_min": trainer / min(step, loader), "rounds": rounds}
             print(f"{arch}: loader {loader:,.0f}  step {step:,.0f}  trainer {trainer:,.0f} tok/s", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -258,15 +276,16 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"peers bench failed:\n{done.stderr[-3000:]}")
         results["peers"] = json.loads(done.stdout.strip().splitlines()[-1])
-    report(results, device)
+    report(results, args.tag or ("cpu" if device.type == "cpu" else "gpu"))
 
 
-def report(results: dict, device) -> None:
+def report(results: dict, tag: str) -> None:
     r = results
     lines = [f"# SAE training throughput ({r['machine']})", "",
-             f"D={r['d']}, H={r['h']}, batch {r['batch']}, {r['dtype']}, k={r['k']} (topk); median over "
-             f"{r['steps']} steps after warm-up; torch {r['torch']}. Command: `python bench/bench_train.py"
-             f"{' --peers-python ...' if 'peers' in r else ''}`.", "",
+             f"D={r['d']}, H={r['h']}, batch {r['batch']}, {r['dtype']}, k={r['k']} (topk); each figure is the "
+             f"median of {r['repeats']} interleaved rounds, each the median over {r['steps']} steps after warm-up; "
+             f"torch {r['torch']}. Command: `python bench/bench_train.py "
+             f"{r['command']}`.", "",
              "| arch | loader tok/s | bare step tok/s | trainer tok/s | trainer / min(step, loader) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for arch, a in r["archs"].items():
@@ -282,7 +301,6 @@ def report(results: dict, device) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if device.type == "cpu" else "gpu"
     (RESULTS / f"train_{tag}.json").write_text(json.dumps(r, indent=2) + "\n")
     (RESULTS / f"train_{tag}.md").write_text(text)
 

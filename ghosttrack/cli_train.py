@@ -62,7 +62,7 @@ def train_options(func):
         click.option("--checkpoint-every", type=int, default=500, show_default=True,
                      help="Steps between resumable checkpoints."),
         click.option("--device-resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-                     help="Hold the whole layer in device memory (auto: on CUDA when it fits)."),
+                     help="Hold the whole layer in device memory (auto: when it fits; on the CPU in 1/4 of free RAM)."),
     ]
     for option in reversed(options):
         func = option(func)

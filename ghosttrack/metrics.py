@@ -68,13 +68,18 @@ class ReconstructionStats:
         self.fired_H = torch.zeros(d_sae, dtype=torch.int64, device=device)
 
     @torch.no_grad()
-    def update(self, x_BD: Tensor, x_hat_BD: Tensor, l0_B: Tensor, fired_H: Tensor) -> None:
-        """Add a batch: inputs, reconstructions, per-row L0 and per-latent firing counts."""
+    def update(self, x_BD: Tensor, x_hat_BD: Tensor, l0_B: Tensor, fired_H: Tensor,
+               mse: Tensor | None = None) -> None:
+        """Add a batch: inputs, reconstructions, per-row L0 and per-latent firing counts.
+
+        mse: the batch's (1/B) sum ||x - x_hat||^2 when already computed (the loss has it),
+        which saves two passes over the batch in the training loop.
+        """
         x = x_BD.float()
-        err_B = (x - x_hat_BD.float()).pow(2).sum(-1)
-        norm_B = x.pow(2).sum(-1)
+        norm_B = torch.linalg.vecdot(x, x)
+        sq_err = (x - x_hat_BD.float()).pow(2).sum() if mse is None else mse.detach() * x.shape[0]
         self.n_rows += x.shape[0]
-        self.sum_sq_err += err_B.sum().double()
+        self.sum_sq_err += sq_err.double()
         self.sum_x_D += x.sum(0).double()
         self.sum_sq_x += norm_B.sum().double()
         self.sum_l0 += l0_B.sum().double()

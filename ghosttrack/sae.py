@@ -230,8 +230,8 @@ class SparseAutoencoder(nn.Module):
         if self.W_dec.grad is None:
             return
         W_HD, g_HD = self.W_dec, self.W_dec.grad
-        parallel_H1 = (g_HD * W_HD).sum(1, keepdim=True) / W_HD.pow(2).sum(1, keepdim=True).clamp_min(1e-16)
-        g_HD.sub_(parallel_H1 * W_HD)
+        parallel_H = torch.linalg.vecdot(g_HD, W_HD) / torch.linalg.vecdot(W_HD, W_HD).clamp_min(1e-16)
+        g_HD.addcmul_(W_HD, parallel_H.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def init_from_data_(self, mean_D: Tensor) -> None:

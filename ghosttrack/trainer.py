@@ -31,7 +31,8 @@ from ghosttrack.store.loader import ActivationLoader, LoaderConfig
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
 from ghosttrack.trainer_config import TrainerConfig
-from ghosttrack.trainer_runtime import GracefulInterrupt, check_fused, make_accelerator
+from ghosttrack.trainer_runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
+                                        resolve_resident)
 from ghosttrack.trainer_state import TrainingState, check_resumable, restore_rng, rng_state
 
 FINAL_DIR = "final"
@@ -68,9 +69,10 @@ class SAETrainer:
         self.progress = progress and self.acc.is_local_main_process
         self.metadata = dict(metadata or {})
 
+        resident = resolve_resident(cfg.device_resident, self.device, store)
         self.loader_cfg = LoaderConfig(batch_size=cfg.batch_size, buffer_batches=cfg.buffer_batches,
                                        val_fraction=cfg.val_fraction, seed=cfg.seed, skip_flagged=cfg.skip_flagged,
-                                       max_norm_ratio=cfg.max_norm_ratio, device_resident=cfg.device_resident)
+                                       max_norm_ratio=cfg.max_norm_ratio, device_resident=resident)
         self.stats = scan_layer(store, layer, skip_flagged=cfg.skip_flagged, max_norm_ratio=cfg.max_norm_ratio,
                                 progress=self.progress)
         self.train_loader = self._loader("train")
@@ -85,7 +87,7 @@ class SAETrainer:
 
         torch.manual_seed(cfg.seed)
         self.sae = SparseAutoencoder(sae_cfg).to(self.device)
-        optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        optimizer = make_adam(self.sae.parameters(), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
         self.loss_module, self.optimizer = self.acc.prepare(_LossModule(self.sae), optimizer)
@@ -230,7 +232,7 @@ class SAETrainer:
         self.sae.constrain_()
         fired_H = out.fired_H if self.world == 1 else self.acc.reduce(out.fired_H, reduction="sum")
         self.tracker.update(fired_H, x_BD.shape[0] * self.world)
-        self.window.update(x_BD, out.x_hat_BD, out.l0_B, out.fired_H)
+        self.window.update(x_BD, out.x_hat_BD, out.l0_B, out.fired_H, mse=out.mse)
         self.window_losses.append(out.loss.detach().float())
         for name, value in out.terms.items():
             self.window_terms[name] = self.window_terms.get(name, 0.0) + value.float()

@@ -56,7 +56,8 @@ class TrainerConfig:
     max_norm_ratio: float | None = 3.0
     """Skip rows whose norm exceeds this multiple of the median norm (None: keep all); counted and reported."""
     device_resident: str = "auto"
-    """Hold the whole layer on the device (yes / no / auto: on CUDA when it fits)."""
+    """Hold the whole layer on the device (yes / no / auto: on CUDA when it fits in half the free
+    memory, on the CPU when it fits in a quarter of the free RAM)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:

@@ -2,6 +2,7 @@
 availability, and a Ctrl-C that stops at a step boundary instead of mid-update."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -25,6 +26,26 @@ def make_accelerator(cfg: TrainerConfig):
     # Autocast is ours (torch.autocast around the loss), not accelerate's: its mixed-precision
     # setting is process-global and could not differ between two runs in one process.
     return Accelerator(cpu=cfg.device == "cpu")
+
+
+def make_adam(params, device: torch.device, **kwargs) -> torch.optim.Adam:
+    """Adam with its single-kernel ("fused") update where torch has one: on the CPU it is ~8x
+    faster than the default per-tensor loop, which is a real share of a small-batch step."""
+    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"), **kwargs)
+
+
+def resolve_resident(mode: str, device: torch.device, store) -> str:
+    """The loader's device_resident setting. "auto" on the CPU means "yes" when the layer takes
+    under a quarter of the free RAM: there the streaming loader's prefetch thread would compete
+    with the compute threads for the cores (-20% steps/s measured on 2 cores), while a resident
+    copy is gathered on the training thread. Elsewhere "auto" is the loader's own rule."""
+    if mode != "auto" or device.type != "cpu":
+        return mode
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: stream
+        return "no"
+    return "yes" if store.n_tokens * store.d_model * 2 < free / 4 else "no"
 
 
 def check_fused(sae_cfg: SAEConfig) -> None:

@@ -71,3 +71,13 @@ def test_dead_fraction_counts_latents_silent_for_the_window():
     copy = FiringTracker(4)
     copy.load_state_dict(tracker.state_dict())
     assert copy.tokens_seen == 300 and torch.equal(copy.tokens_since_fired_H, tracker.tokens_since_fired_H)
+
+
+def test_update_with_a_precomputed_mse_gives_the_same_result():
+    x, x_hat, acts = _data()
+    active = acts > 0
+    a, b = ReconstructionStats(19, 53), ReconstructionStats(19, 53)
+    a.update(x, x_hat, active.sum(1), active.sum(0))
+    b.update(x, x_hat, active.sum(1), active.sum(0), mse=(x - x_hat).pow(2).sum(-1).mean())
+    ra, rb = a.result(), b.result()
+    assert rb["fvu"] == pytest.approx(ra["fvu"], rel=1e-6) and rb["mse"] == pytest.approx(ra["mse"], rel=1e-6)

@@ -77,10 +77,10 @@ def _kill_at(step_to_die):
     return on_step
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, store_info, arch):
+@pytest.mark.parametrize("arch,resident", [("topk", "yes"), ("relu", "no")])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, store_info, arch, resident):
     store, _ = store_info
-    cfg = _cfg(epochs=1.5)
+    cfg = _cfg(epochs=1.5, device_resident=resident)  # the layer held in memory, and streamed
     full = SAETrainer(store, 0, ARCHS[arch], cfg, tmp_path / "full", progress=False)
     full_summary = full.run()
 
