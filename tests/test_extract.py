@@ -165,9 +165,12 @@ def test_two_processes_write_their_own_chunks_into_the_single_process_store(tiny
     from ghosttrack.extractor import ExtractionPlan, HiddenStateExtractor
     from ghosttrack.models import load_model
 
+    # A model per "process": hooks on a shared module would see the other thread's forwards. Load them
+    # here, one at a time: from_pretrained patches torch globally and is not safe to run in two threads.
+    models = [load_model(str(tiny_gpt2_dir), causal_lm=False) for _ in range(3)]
+
     def extract(out, accelerator):
-        # A model per "process": hooks on a shared module would see the other thread's forwards.
-        loaded = load_model(str(tiny_gpt2_dir), causal_lm=False)
+        loaded = models[accelerator.process_index if accelerator else 2]
         plan = ExtractionPlan(layers=[1, 3], target_tokens=2000, seq_len=32, chunk_tokens=128)
         HiddenStateExtractor(loaded, open_corpus(str(corpus_file)), out, accelerator=accelerator).extract(
             plan, batch_size=3, progress=False)
