@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli_common import config_option, parse_layers, parse_token_count, save_resolved_config
+from ghosttrack.cli_common import config_option, corpus_options, parse_layers, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.store.errors import StoreError
 
@@ -65,13 +65,7 @@ def extract_options(*, in_run: bool = False):
                      help="HF hub id, local model directory, or a .gguf file."),
         click.option("--gguf", default=None, help="GGUF file name inside --model's directory (or a path to one)."),
         click.option("--revision", default=None, help="Model revision (branch, tag or commit) on the hub."),
-        click.option("--corpus", default="wikipedia", show_default=True,
-                     help="'wikipedia' (HF wikimedia/wikipedia), another HF dataset id[:config], or a local "
-                          "file/folder: .txt, .jsonl, .parquet, MediaWiki .xml/.xml.bz2 dump."),
-        click.option("--wiki-language", default="en", show_default=True, help="Wikipedia language (with --corpus wikipedia)."),
-        click.option("--wiki-date", default="20231101", show_default=True, help="Wikipedia dump date (with --corpus wikipedia)."),
-        click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF rows."),
-        click.option("--min-chars", default=200, show_default=True, type=int, help="Skip documents shorter than this."),
+        corpus_options,
         click.option("--hook", type=click.Choice(["resid_post", "resid_pre"]), default="resid_post", show_default=True,
                      help="Residual stream after block i (resid_post) or before it (resid_pre)."),
         click.option("--tokens", default="10M", show_default=True, help="Tokens to extract: 10M, 200k, 4096."),

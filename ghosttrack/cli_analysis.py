@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli_common import config_option, parse_token_count, save_resolved_config
+from ghosttrack.cli_common import config_option, corpus_options, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
 
 
@@ -117,12 +117,7 @@ def _load_records(path: Path) -> list[dict]:
 @click.option("--sae", "sae_path", required=True, type=click.Path(exists=True, file_okay=False), help="SAE folder.")
 @click.option("--model", default=None, help="HF hub id, model directory or .gguf file (default: the SAE's model_name).")
 @click.option("--gguf", default=None, help="GGUF file name inside --model's directory.")
-@click.option("--corpus", default="wikipedia", show_default=True,
-              help="'wikipedia', a HF dataset id, or a local .txt/.jsonl/.parquet/MediaWiki dump.")
-@click.option("--wiki-language", default="en", show_default=True, help="Wikipedia language (with --corpus wikipedia).")
-@click.option("--wiki-date", default="20231101", show_default=True, help="Wikipedia dump date (with --corpus wikipedia).")
-@click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF rows.")
-@click.option("--min-chars", default=200, show_default=True, type=int, help="Skip documents shorter than this.")
+@corpus_options
 @click.option("--tokens", default="200k", show_default=True, callback=lambda ctx, param, v: parse_token_count(v),
               help="Held-out tokens to evaluate: 200k, 1M, 4096.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per packed sequence.")

@@ -46,6 +46,22 @@ def parse_layers(spec: str | list[int], n_layers: int | None = None) -> list[int
     return sorted(layers)
 
 
+def corpus_options(func):
+    """The corpus options, shared by `extract`, `run` and `evaluate`."""
+    options = [
+        click.option("--corpus", default="wikipedia", show_default=True,
+                     help="'wikipedia' (HF wikimedia/wikipedia), another HF dataset id[:config], or a local "
+                          "file/folder: .txt, .jsonl, .parquet, MediaWiki .xml/.xml.bz2 dump."),
+        click.option("--wiki-language", default="en", show_default=True, help="Wikipedia language (with --corpus wikipedia)."),
+        click.option("--wiki-date", default="20231101", show_default=True, help="Wikipedia dump date (with --corpus wikipedia)."),
+        click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF rows."),
+        click.option("--min-chars", default=200, show_default=True, type=int, help="Skip documents shorter than this."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
