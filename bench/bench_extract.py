@@ -30,11 +30,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from ghosttrack.corpus import open_corpus  # noqa: E402
-from ghosttrack.extractor import ExtractionPlan, HiddenStateExtractor  # noqa: E402
-from ghosttrack.hooks import find_blocks  # noqa: E402
-from ghosttrack.models import LoadedModel, load_model  # noqa: E402
-from ghosttrack.packing import pack_sequences  # noqa: E402
+from ghosttrack.corpus.sources import open_corpus  # noqa: E402
+from ghosttrack.extract.extractor import ExtractionPlan, HiddenStateExtractor  # noqa: E402
+from ghosttrack.extract.hooks import find_blocks  # noqa: E402
+from ghosttrack.extract.models import LoadedModel, load_model  # noqa: E402
+from ghosttrack.corpus.packing import pack_sequences  # noqa: E402
 
 ASSETS = ROOT / ".cache" / "assets"
 WIKI = ASSETS / "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

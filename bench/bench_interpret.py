@@ -63,7 +63,7 @@ def machine() -> str:
 
 def synthetic_pair(root: Path, args) -> tuple[Path, object]:
     """A store of Gaussian rows with real-looking positions, and a ~1%-density ReLU SAE."""
-    from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder
+    from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder
     from ghosttrack.store.writer import StoreWriter
 
     d, n, seq = args.d_model, args.rows, 32
@@ -99,8 +99,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.rows, args.d_model, args.chunk_tokens, args.repeats = 16_384, 128, 4096, 3
-    from ghosttrack.interpret import FeatureInterpreter, InterpretConfig, sae_layer
-    from ghosttrack.sae import load_sae
+    from ghosttrack.interpret.features import FeatureInterpreter, InterpretConfig, sae_layer
+    from ghosttrack.sae.module import load_sae
     from ghosttrack.store.reader import ActivationStore
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_interpret_")

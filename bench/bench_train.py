@@ -64,7 +64,7 @@ def write_store(path: Path, d: int, rows: int, chunk: int) -> None:
 
 
 def sae_config(arch: str, d: int, h: int, k: int):
-    from ghosttrack.sae_config import make_sae_config
+    from ghosttrack.sae.config import make_sae_config
 
     return make_sae_config(arch, d, h, k=k)
 
@@ -72,7 +72,7 @@ def sae_config(arch: str, d: int, h: int, k: int):
 def time_loader(store, batch: int, steps: int, device) -> float:
     """Rows/s of the loader alone, as the trainer sets it up, from the first delivered batch to the last."""
     from ghosttrack.store.loader import ActivationLoader, LoaderConfig
-    from ghosttrack.trainer_runtime import resolve_resident
+    from ghosttrack.train.runtime import resolve_resident
 
     resident = resolve_resident("auto", device, store)
     loader = ActivationLoader(store, 0, LoaderConfig(batch_size=batch, device_resident=resident), device=device,
@@ -106,7 +106,7 @@ def adam(params, device) -> torch.optim.Adam:
 
 
 def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str):
-    from ghosttrack.sae import SparseAutoencoder
+    from ghosttrack.sae.module import SparseAutoencoder
 
     torch.manual_seed(0)
     sae = SparseAutoencoder(sae_config(arch, d, h, k)).to(device)
@@ -125,8 +125,8 @@ def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str):
 def time_trainer(store, arch: str, d: int, h: int, k: int, batch: int, steps: int, device, dtype: str) -> float:
     """Tokens/s of SAETrainer: median of its own per-window measurements, first two windows dropped."""
     from ghosttrack.store.loader import ActivationLoader, LoaderConfig
-    from ghosttrack.trainer import SAETrainer
-    from ghosttrack.trainer_config import TrainerConfig
+    from ghosttrack.train.trainer import SAETrainer
+    from ghosttrack.train.config import TrainerConfig
 
     per_epoch = len(ActivationLoader(store, 0, LoaderConfig(batch_size=batch), progress=False))
     total = steps + 4

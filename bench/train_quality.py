@@ -50,7 +50,7 @@ COMMON = {"d_hidden": 4608, "batch_size": 1024, "device": "cpu", "seed": 0, "log
 
 def train_one(store_path: Path, layer: int, out: Path, options: dict, allow_incomplete: bool) -> dict:
     from ghosttrack.store.reader import ActivationStore
-    from ghosttrack.train_layers import configs_from_options, open_training_store, train_sae_for_layer
+    from ghosttrack.train.layers import configs_from_options, open_training_store, train_sae_for_layer
 
     store = ActivationStore.open(store_path) if allow_incomplete else open_training_store(store_path)
     if "epochs" not in options:

@@ -10,18 +10,18 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "WikipediaCorpus": "ghosttrack.corpus",
-    "open_corpus": "ghosttrack.corpus",
-    "HiddenStateExtractor": "ghosttrack.extractor",
-    "ExtractionPlan": "ghosttrack.extractor",
-    "load_model": "ghosttrack.models",
-    "SAETrainer": "ghosttrack.trainer",
-    "train_sae_for_layer": "ghosttrack.train_layers",
-    "SparseAutoencoder": "ghosttrack.sae",
-    "load_sae": "ghosttrack.sae",
-    "FeatureInterpreter": "ghosttrack.interpret",
-    "analyze_sae": "ghosttrack.interpret",
-    "print_feature_summary": "ghosttrack.interpret",
+    "WikipediaCorpus": "ghosttrack.corpus.sources",
+    "open_corpus": "ghosttrack.corpus.sources",
+    "HiddenStateExtractor": "ghosttrack.extract.extractor",
+    "ExtractionPlan": "ghosttrack.extract.extractor",
+    "load_model": "ghosttrack.extract.models",
+    "SAETrainer": "ghosttrack.train.trainer",
+    "train_sae_for_layer": "ghosttrack.train.layers",
+    "SparseAutoencoder": "ghosttrack.sae.module",
+    "load_sae": "ghosttrack.sae.module",
+    "FeatureInterpreter": "ghosttrack.interpret.features",
+    "analyze_sae": "ghosttrack.interpret.features",
+    "print_feature_summary": "ghosttrack.interpret.features",
     "ActivationStore": "ghosttrack.store.reader",
 }
 

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.hooks import HOOK_POINTS, capture_residuals, check_layers, find_blocks, replace_residual
+from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, find_blocks, replace_residual
 from ghosttrack.metrics import ReconstructionStats
 
 
@@ -62,7 +62,7 @@ class EvalConfig:
 
 def sae_hook(sae) -> tuple[int | None, str]:
     """(layer, hook point) from the SAE's metadata; hook names like blocks.6.hook_resid_post."""
-    from ghosttrack.interpret import sae_layer
+    from ghosttrack.interpret.features import sae_layer
 
     name = str((getattr(sae, "metadata", {}) or {}).get("hook_name") or "")
     hook = next((h for h in HOOK_POINTS if h in name), "resid_post")

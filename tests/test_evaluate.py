@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from ghosttrack.cli import main
 from ghosttrack.evaluate import EvalConfig, evaluate_sae, splice_mask
-from ghosttrack.hooks import replace_residual
-from ghosttrack.models import load_model
-from ghosttrack.packing import pack_batches
-from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder
+from ghosttrack.extract.hooks import replace_residual
+from ghosttrack.extract.models import load_model
+from ghosttrack.corpus.packing import pack_batches
+from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder
 
 D = 32
 LAYER = 1

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from ghosttrack.cli import main
-from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder, TopKSAEConfig
+from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder, TopKSAEConfig
 from ghosttrack.store.reader import ActivationStore
 
 D_MODEL = 32  # the tiny GPT-2 of conftest

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 import pytest
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.mediawiki import iter_dump_texts, iter_pages, strip_markup
+from ghosttrack.corpus.mediawiki import iter_dump_texts, iter_pages, strip_markup
 
 ASSETS = Path(os.environ.get("GHOSTTRACK_ASSETS", ".cache/assets"))
 WIKI_SAMPLE = ASSETS / "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

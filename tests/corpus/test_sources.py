@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ghosttrack.corpus import (
+from ghosttrack.corpus.sources import (
     HFDatasetCorpus,
     LocalCorpus,
     WikipediaCorpus,

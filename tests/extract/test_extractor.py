@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from transformers import AutoModel, AutoTokenizer
 
 from ghosttrack.cli import main
-from ghosttrack.packing import pack_sequences
+from ghosttrack.corpus.packing import pack_sequences
 from ghosttrack.store.reader import ActivationStore
 
 
@@ -161,9 +161,9 @@ class _ThreadAccelerator:
 def test_two_processes_write_their_own_chunks_into_the_single_process_store(tiny_gpt2_dir, corpus_file, tmp_path):
     import threading
 
-    from ghosttrack.corpus import open_corpus
-    from ghosttrack.extractor import ExtractionPlan, HiddenStateExtractor
-    from ghosttrack.models import load_model
+    from ghosttrack.corpus.sources import open_corpus
+    from ghosttrack.extract.extractor import ExtractionPlan, HiddenStateExtractor
+    from ghosttrack.extract.models import load_model
 
     # A model per "process": hooks on a shared module would see the other thread's forwards. Load them
     # here, one at a time: from_pretrained patches torch globally and is not safe to run in two threads.

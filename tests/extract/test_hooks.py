@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.hooks import capture_residuals, find_blocks, forward_until, replace_residual
+from ghosttrack.extract.hooks import capture_residuals, find_blocks, forward_until, replace_residual
 
 N_LAYERS = 3
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghosttrack.browser import PART_SIZE, write_browser
-from ghosttrack.interpret import density_histogram
+from ghosttrack.interpret.browser import PART_SIZE, write_browser
+from ghosttrack.interpret.features import density_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
 N_FEATURES = PART_SIZE + 44  # two data files, the second one partial

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.interpret_pass import FeatureAccumulator, LogBins
+from ghosttrack.interpret.scan import FeatureAccumulator, LogBins
 
 
 def sparse_acts(n_rows: int, d_sae: int, density: float, seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ghosttrack.kernels.topk import topk_decode, topk_forward
-from ghosttrack.sae_topk import select_topk, sparse_decode, sparse_topk_encode
+from ghosttrack.kernels.topk_sparse import select_topk, sparse_decode, sparse_topk_encode
 
 
 def _params(B, D, H, dtype=torch.float64, seed=0):
@@ -76,7 +76,7 @@ def test_masked_selection_only_picks_allowed_latents_and_zeroes_the_rest():
 
 @pytest.mark.parametrize("use_csr", [True, False])
 def test_latent_rows_product_both_paths_match_dense(use_csr):
-    from ghosttrack.sae_topk import latent_rows_product
+    from ghosttrack.kernels.topk_sparse import latent_rows_product
 
     g = torch.Generator().manual_seed(7)
     B, K, N, H = 1500, 5, 9, 31  # B > the gather block, duplicates within rows allowed
@@ -90,7 +90,7 @@ def test_latent_rows_product_both_paths_match_dense(use_csr):
 
 @pytest.mark.parametrize("use_sampled", [True, False])
 def test_rowwise_dots_both_paths_match_a_dense_product(use_sampled):
-    from ghosttrack.sae_topk import rowwise_dots
+    from ghosttrack.kernels.topk_sparse import rowwise_dots
 
     g = torch.Generator().manual_seed(8)
     B, K, D, H = 1100, 6, 13, 40

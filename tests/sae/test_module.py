@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from ghosttrack.checkpoint import load_sae
+from ghosttrack.sae.files import load_sae
 from ghosttrack.kernels import reference
 from ghosttrack.kernels.topk import topk_forward
-from ghosttrack.sae import SparseAutoencoder
-from ghosttrack.sae_config import (JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig, make_sae_config,
+from ghosttrack.sae.module import SparseAutoencoder
+from ghosttrack.sae.config import (JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig, make_sae_config,
                                    sae_config_from_dict)
 
 CONFIGS = [ReluSAEConfig(d_in=24, d_sae=70, l1_coeff=0.3),

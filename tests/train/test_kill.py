@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from click.testing import CliRunner
 
-from ghosttrack.checkpoint import STATE_FILE
+from ghosttrack.sae.files import STATE_FILE
 from ghosttrack.cli import main
 
 from trainer_data import one_thread, write_store  # noqa: F401 - fixture

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ghosttrack.checkpoint import STATE_FILE, load_sae, load_trainer_state
+from ghosttrack.sae.files import STATE_FILE, load_sae, load_trainer_state
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.metrics import fvu
-from ghosttrack.sae_config import JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig
+from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
-from ghosttrack.train_layers import open_training_store, train_sae_for_layer
-from ghosttrack.trainer import SAETrainer
-from ghosttrack.trainer_config import TrainerConfig
+from ghosttrack.train.layers import open_training_store, train_sae_for_layer
+from ghosttrack.train.trainer import SAETrainer
+from ghosttrack.train.config import TrainerConfig
 
 from trainer_data import one_thread, write_store  # noqa: F401 - fixture
 

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae import SparseAutoencoder
-from ghosttrack.sae_config import sae_config_from_dict
+from ghosttrack.sae.module import SparseAutoencoder
+from ghosttrack.sae.config import sae_config_from_dict
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"

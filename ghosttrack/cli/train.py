@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ghosttrack.cli_common import config_option
+from ghosttrack.cli.common import config_option
 from ghosttrack.errors import GhostTrackError
 
 INTERRUPTED_EXIT = 130
@@ -86,7 +86,7 @@ def train(**options) -> None:
 
 def run_training(options: dict, *, progress: bool = True) -> dict:
     """Resolve --layer/--layers, train, print one line per layer; GhostTrackError if any layer failed."""
-    from ghosttrack.train_layers import train_layers
+    from ghosttrack.train.layers import train_layers
 
     options = dict(options)
     layer = options.pop("layer", None)

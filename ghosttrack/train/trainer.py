@@ -22,18 +22,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ghosttrack.checkpoint import HISTORY_FILE, STATE_FILE, save_sae, save_trainer_state, write_json
+from ghosttrack.sae.files import HISTORY_FILE, STATE_FILE, save_sae, save_trainer_state, write_json
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.metrics import FiringTracker, ReconstructionStats
-from ghosttrack.sae import SparseAutoencoder
-from ghosttrack.sae_config import SAEConfig
+from ghosttrack.sae.module import SparseAutoencoder
+from ghosttrack.sae.config import SAEConfig
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
-from ghosttrack.trainer_config import TrainerConfig
-from ghosttrack.trainer_runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
+from ghosttrack.train.config import TrainerConfig
+from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
-from ghosttrack.trainer_state import TrainingState, check_resumable, restore_rng, rng_state
+from ghosttrack.train.state import TrainingState, check_resumable, restore_rng, rng_state
 
 FINAL_DIR = "final"
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ghosttrack.async_writer import AsyncStoreWriter
+from ghosttrack.extract.async_writer import AsyncStoreWriter
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
-from ghosttrack.models import LoadedModel
-from ghosttrack.packing import pack_sequences
+from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
+from ghosttrack.extract.models import LoadedModel
+from ghosttrack.corpus.packing import pack_sequences
 from ghosttrack.store.writer import StoreWriter
 
 MAX_CHUNK_TOKENS = 65_536
@@ -114,7 +114,7 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
 class HiddenStateExtractor:
     """Writes residual-stream activations of `model_wrapper` on `corpus` into one activation store.
 
-    `model_wrapper` is a `LoadedModel` (see ghosttrack.models.load_model); `corpus` is any text source
+    `model_wrapper` is a `LoadedModel` (see ghosttrack.extract.models.load_model); `corpus` is any text source
     with `get_texts()` and `describe()` (WikipediaCorpus, a local file or folder, an HF dataset).
     """
 

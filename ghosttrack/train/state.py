@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.trainer_config import RESUME_FREE
+from ghosttrack.train.config import RESUME_FREE
 
 if TYPE_CHECKING:
-    from ghosttrack.trainer import SAETrainer
+    from ghosttrack.train.trainer import SAETrainer
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ghosttrack.kernels import reference
-from ghosttrack.sae_config import JumpReluSAEConfig, ReluSAEConfig, SAEConfig, TopKSAEConfig
-from ghosttrack.sae_topk import select_topk, sparse_decode, sparse_topk_encode
+from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, SAEConfig, TopKSAEConfig
+from ghosttrack.kernels.topk_sparse import select_topk, sparse_decode, sparse_topk_encode
 
 
 class TrainStep(NamedTuple):
@@ -259,13 +259,13 @@ class SparseAutoencoder(nn.Module):
 
     def save(self, directory, metadata: dict[str, Any] | None = None) -> None:
         """Write sae_weights.safetensors + cfg.json (SAELens layout) into `directory`."""
-        from ghosttrack.checkpoint import save_sae
+        from ghosttrack.sae.files import save_sae
 
         save_sae(self, directory, {**self.metadata, **(metadata or {})})
 
 
 def load_sae(directory, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """The SAE saved in `directory` (sae_weights.safetensors + cfg.json); metadata in `.metadata`."""
-    from ghosttrack.checkpoint import load_sae as _load
+    from ghosttrack.sae.files import load_sae as _load
 
     return _load(directory, device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli_common import config_option, corpus_options, parse_layers, parse_token_count, save_resolved_config
+from ghosttrack.cli.common import config_option, corpus_options, parse_layers, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.store.errors import StoreError
 
@@ -21,10 +21,10 @@ class GhostTrackGroup(click.Group):
     """
 
     lazy_commands = {
-        "train": "ghosttrack.cli_train:train",
-        "run": "ghosttrack.cli_run:run",
-        "interpret": "ghosttrack.cli_analysis:interpret",
-        "evaluate": "ghosttrack.cli_analysis:evaluate",
+        "train": "ghosttrack.cli.train:train",
+        "run": "ghosttrack.cli.run:run",
+        "interpret": "ghosttrack.cli.analysis:interpret",
+        "evaluate": "ghosttrack.cli.analysis:evaluate",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -106,9 +106,9 @@ def extract(ctx: click.Context, **options) -> None:
 def run_extraction(options: dict, *, command: str) -> Path:
     from accelerate import Accelerator
 
-    from ghosttrack.corpus import open_corpus
-    from ghosttrack.extractor import ExtractionPlan, HiddenStateExtractor
-    from ghosttrack.models import load_model
+    from ghosttrack.corpus.sources import open_corpus
+    from ghosttrack.extract.extractor import ExtractionPlan, HiddenStateExtractor
+    from ghosttrack.extract.models import load_model
 
     if options["resume"] and options["overwrite"]:
         raise GhostTrackError("--resume and --overwrite exclude each other; pass one")
@@ -154,6 +154,3 @@ def info(store: str) -> None:
 
     click.echo(ActivationStore.open(store).summary())
 
-
-if __name__ == "__main__":
-    main()

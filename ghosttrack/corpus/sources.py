@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.mediawiki import STRIPPER_VERSION, iter_dump_texts
+from ghosttrack.corpus.mediawiki import STRIPPER_VERSION, iter_dump_texts
 
 APPROX_CHARS_PER_TOKEN = 4
 """`max_tokens` is a budget on estimated tokens, ceil(chars / 4) per document (the usual

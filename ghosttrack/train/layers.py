@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-from ghosttrack.checkpoint import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
-from ghosttrack.cli_common import CONFIG_FILENAME, parse_layers, save_resolved_config
+from ghosttrack.sae.files import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
+from ghosttrack.cli.common import CONFIG_FILENAME, parse_layers, save_resolved_config
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae_config import SAEConfig, make_sae_config
+from ghosttrack.sae.config import SAEConfig, make_sae_config
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
-from ghosttrack.trainer import FINAL_DIR, SAETrainer, make_accelerator
-from ghosttrack.trainer_config import TrainerConfig
+from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
+from ghosttrack.train.config import TrainerConfig
 
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.

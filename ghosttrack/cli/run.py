@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from ghosttrack.cli import extract_options, run_extraction
-from ghosttrack.cli_common import config_option
-from ghosttrack.cli_train import run_training, train_options
+from ghosttrack.cli.common import config_option
+from ghosttrack.cli.train import run_training, train_options
 from ghosttrack.errors import GhostTrackError
 
 STORE_DIR = "store"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli_common import config_option, corpus_options, parse_token_count, save_resolved_config
+from ghosttrack.cli.common import config_option, corpus_options, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
 
 
@@ -69,7 +69,7 @@ def interpret(**options) -> None:
     One pass over the stored layer through the SAE encoder; contexts come from the stored
     token ids, so the model is not needed.
     """
-    from ghosttrack.interpret import InterpretConfig, analyze_sae, print_feature_summary
+    from ghosttrack.interpret.features import InterpretConfig, analyze_sae, print_feature_summary
 
     try:
         show = [int(s) for s in options["show"].replace(" ", "").split(",") if s]
@@ -139,11 +139,11 @@ def _load_records(path: Path) -> list[dict]:
               help="JSON file to write (default: SAE/evaluation.json).")
 def evaluate(**options) -> None:
     """MSE, FVU, L0, dead/dense fractions and next-token CE / KL with the SAE spliced into the model."""
-    from ghosttrack.corpus import open_corpus
+    from ghosttrack.corpus.sources import open_corpus
     from ghosttrack.evaluate import EvalConfig, default_output, evaluate_sae, format_table, held_out_skip, sae_hook
-    from ghosttrack.models import load_model
-    from ghosttrack.packing import pack_batches
-    from ghosttrack.sae import load_sae
+    from ghosttrack.extract.models import load_model
+    from ghosttrack.corpus.packing import pack_batches
+    from ghosttrack.sae.module import load_sae
 
     device = options["device"] or _default_device()
     sae = load_sae(options["sae_path"], device=device)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.hooks import find_blocks
+from ghosttrack.extract.hooks import find_blocks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -94,7 +94,7 @@ class BrowserWriter:
         title = f"GhostTrack features - layer {summary.get('layer')}"
         if summary.get("model"):
             title += f" - {Path(str(summary['model'])).name}"
-        template = resources.files("ghosttrack").joinpath("templates/browser.html").read_text(encoding="utf-8")
+        template = resources.files("ghosttrack.interpret").joinpath("templates/browser.html").read_text(encoding="utf-8")
         index = self.directory / "index.html"
         index.write_text(template.replace("__TITLE__", html.escape(title)), encoding="utf-8")
         return index

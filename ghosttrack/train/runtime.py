@@ -9,8 +9,8 @@ import threading
 import torch
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae_config import SAEConfig
-from ghosttrack.trainer_config import TrainerConfig
+from ghosttrack.sae.config import SAEConfig
+from ghosttrack.train.config import TrainerConfig
 
 
 def make_accelerator(cfg: TrainerConfig):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.interpret_pass import FeatureStats, LogBins, run_pass
-from ghosttrack.interpret_tokens import TokenDecoder, load_store_tokenizer
+from ghosttrack.interpret.scan import FeatureStats, LogBins, run_pass
+from ghosttrack.interpret.tokens import TokenDecoder, load_store_tokenizer
 
 FORMATS = ("auto", "json", "jsonl")
 
@@ -343,8 +343,8 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
     Records are built and written a block of features at a time, so a large dictionary never
     sits in memory whole. Returns the layer summary with the written paths under "files".
     """
-    from ghosttrack.browser import BrowserWriter
-    from ghosttrack.sae import load_sae
+    from ghosttrack.interpret.browser import BrowserWriter
+    from ghosttrack.sae.module import load_sae
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
