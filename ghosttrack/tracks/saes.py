@@ -1,0 +1,86 @@
+"""The per-layer SAEs of a run (`DIR/layer_<i>/`), checked from their cfg.json before any slow work."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ghosttrack.errors import GhostTrackError
+
+_LAYER_DIR = re.compile(r"layer_(\d+)")
+
+
+@dataclass
+class LayerSAEs:
+    """Where each layer's SAE lives and what its cfg.json says (weights are loaded on demand)."""
+
+    root: Path
+    dirs: dict[int, Path]
+    """Layer -> SAE folder, ascending by layer."""
+    cfgs: dict[int, dict[str, Any]]
+    """Layer -> its cfg.json."""
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.dirs)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.cfgs[self.layers[0]]["d_in"])
+
+    def d_sae(self, layer: int) -> int:
+        return int(self.cfgs[layer]["d_sae"])
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Consecutive (i, j) pairs of the trained layers, i < j."""
+        layers = self.layers
+        return list(zip(layers[:-1], layers[1:]))
+
+    def ghosttrack_meta(self, layer: int) -> dict[str, Any]:
+        """The SAE's own "ghosttrack" section (trainer config, skipped-row rule); {} for foreign SAEs."""
+        return dict(self.cfgs[layer].get("ghosttrack") or {})
+
+    def load(self, layer: int, device: str | torch.device = "cpu"):
+        from ghosttrack.sae import load_sae
+
+        sae = load_sae(self.dirs[layer], device)
+        sae.requires_grad_(False)
+        return sae
+
+
+def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
+    """The `layer_<i>/` SAE folders under `path`; GhostTrackError (with the fix) when they cannot be matched."""
+    root = Path(path)
+    if not root.is_dir():
+        raise GhostTrackError(f"no SAE folder at {root}; pass the --out folder of ghosttrack train")
+    dirs: dict[int, Path] = {}
+    cfgs: dict[int, dict[str, Any]] = {}
+    for sub in sorted(root.iterdir()):
+        m = _LAYER_DIR.fullmatch(sub.name)
+        if not m or not sub.is_dir():
+            continue
+        cfg_file = sub / "cfg.json"
+        if not cfg_file.is_file():
+            raise GhostTrackError(f"{sub} has no cfg.json: it is not a finished SAE; finish its training "
+                                  f"(ghosttrack train ... --resume) or remove the folder")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            int(cfg["d_in"]), int(cfg["d_sae"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GhostTrackError(f"{cfg_file} is not a readable SAE config ({exc}); retrain that layer") from exc
+        dirs[int(m.group(1))] = sub
+        cfgs[int(m.group(1))] = cfg
+    if len(dirs) < min_layers:
+        found = ", ".join(f"layer_{i}" for i in sorted(dirs)) or "none"
+        raise GhostTrackError(f"{root} holds {len(dirs)} layer SAE folder(s) ({found}); tracking needs at least "
+                              f"{min_layers}: train more layers with ghosttrack train --layers ... --out {root}")
+    widths = {layer: int(cfg["d_in"]) for layer, cfg in cfgs.items()}
+    if len(set(widths.values())) > 1:
+        desc = ", ".join(f"layer {k}: {v}" for k, v in sorted(widths.items()))
+        raise GhostTrackError(f"the SAEs in {root} expect different d_model ({desc}); they must come from one "
+                              f"model: pass a folder whose SAEs were all trained on the same store")
+    return LayerSAEs(root, dict(sorted(dirs.items())), cfgs)
