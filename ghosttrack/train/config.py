@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ghosttrack.train.schedule import SCHEDULES
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -17,10 +19,15 @@ class TrainerConfig:
     """Passes over the layer's training rows (fractions allowed: 2.5 stops half-way through the third)."""
     batch_size: int = 4096
     """Rows per optimisation step."""
+    lr_schedule: str = "cosine"
+    """After the warm-up: constant-decay (constant, then a linear decay over the last decay_fraction of
+    the steps) or cosine (a cosine decay over all of them)."""
     warmup_fraction: float = 0.02
     """Share of the steps with a linear learning-rate warm-up from 0."""
+    decay_fraction: float = 0.2
+    """constant-decay: share of the steps, at the end, over which the rate falls linearly to lr * min_lr_ratio."""
     min_lr_ratio: float = 0.0
-    """The cosine decay ends at lr * min_lr_ratio."""
+    """The decay ends at lr * min_lr_ratio."""
     sparsity_warmup_fraction: float = 0.05
     """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
     grad_clip: float = 1.0
@@ -62,7 +69,9 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError(f"lr, epochs and batch_size must be > 0, got {self.lr}, {self.epochs}, {self.batch_size}")
-        for name in ("warmup_fraction", "sparsity_warmup_fraction", "min_lr_ratio"):
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.grad_clip < 0:

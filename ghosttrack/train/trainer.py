@@ -3,7 +3,7 @@
 Per step: scale the batch (one input scale, estimated before step 0, folded into the
 weights at save), forward + loss (the SAE's own `training_loss`, whatever its
 architecture), backward, drop the gradient along each decoder row, clip, Adam, LR
-schedule (linear warm-up + cosine), renormalise decoder rows (and clamp JumpReLU thresholds
+schedule (warm-up, then constant-decay or cosine), renormalise decoder rows (and clamp JumpReLU thresholds
 at 0), update firing counts.
 The loop syncs with the host only every `log_every` steps: there it checks that the
 loss stayed finite, logs, and every `checkpoint_every` steps writes trainer_state.pt.
@@ -33,6 +33,7 @@ from ghosttrack.store.stats import scan_layer
 from ghosttrack.train.config import TrainerConfig
 from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
+from ghosttrack.train.schedule import lr_factor
 from ghosttrack.train.state import TrainingState, check_resumable, restore_rng, rng_state
 
 FINAL_DIR = "final"
@@ -103,12 +104,9 @@ class SAETrainer:
 
     # ------------------------------------------------------------------ schedules
     def _lr_factor(self, step: int) -> float:
-        warm = int(self.cfg.warmup_fraction * self.total_steps)
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, self.total_steps - warm)
-        floor = self.cfg.min_lr_ratio
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        c = self.cfg
+        return lr_factor(step, self.total_steps, c.lr_schedule, warmup_fraction=c.warmup_fraction,
+                         decay_fraction=c.decay_fraction, min_lr_ratio=c.min_lr_ratio)
 
     def _sparsity_scale(self) -> float:
         warm = int(self.cfg.sparsity_warmup_fraction * self.total_steps)
