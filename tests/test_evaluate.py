@@ -11,7 +11,7 @@ from ghosttrack.evaluate import EvalConfig, evaluate_sae, splice_mask
 from ghosttrack.extract.hooks import replace_residual
 from ghosttrack.extract.models import load_model
 from ghosttrack.corpus.packing import pack_batches
-from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder
+from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder
 
 D = 32
 LAYER = 1

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae.module import SparseAutoencoder
-from ghosttrack.sae.config import sae_config_from_dict
+from ghosttrack.sae.config import SAEConfig, architecture, sae_config_from_dict
+from ghosttrack.sae.base import ARCHITECTURES
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
@@ -32,8 +32,7 @@ STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
 # SAELens >= 6 reads "metadata.sae_lens_version" to pick its config format; this is that format.
 SAELENS_FORMAT_VERSION = "6.0.0"
-SAELENS_ARCH = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}
-OUR_ARCH = {v: k for k, v in SAELENS_ARCH.items()}
+SHARED_PARAMETERS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def _tmp(path: Path) -> Path:
@@ -48,21 +47,20 @@ def write_json(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_sae(sae: SparseAutoencoder, directory: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write `sae` (already in raw units) as sae_weights.safetensors + cfg.json in `directory`."""
+def save_sae(sae, directory: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write `sae` (a SparseAutoencoder, already in raw units) as sae_weights.safetensors + cfg.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: getattr(sae, name).detach().float().cpu().contiguous()
-               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if sae.cfg.architecture == "jumprelu":
-        tensors["threshold"] = sae.threshold.detach().float().cpu().contiguous()
+    arch = architecture(sae.cfg.architecture)(sae.cfg)
+    names = (*SHARED_PARAMETERS, *arch.extra_parameters())
+    tensors = {name: getattr(sae, name).detach().float().cpu().contiguous() for name in names}
     tmp = _tmp(directory / WEIGHTS_FILE)
     save_file(tensors, str(tmp))
     os.replace(tmp, directory / WEIGHTS_FILE)
 
     meta = {k: v for k, v in metadata.items() if k != "ghosttrack"}
     cfg = {
-        "architecture": SAELENS_ARCH[sae.cfg.architecture],
+        "architecture": arch.saelens_name,
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "dtype": "float32",
@@ -76,16 +74,15 @@ def save_sae(sae: SparseAutoencoder, directory: str | Path, metadata: dict[str, 
         "model_name": meta.get("model_name"),
         "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None, **meta},
         "ghosttrack": {"sae_config": sae.cfg.to_dict(), **metadata.get("ghosttrack", {})},
+        **arch.saelens_fields(),
     }
-    if sae.cfg.architecture == "topk":
-        cfg["k"] = sae.cfg.k
-        cfg["rescale_acts_by_decoder_norm"] = False
     write_json(directory / CFG_FILE, cfg)
     return directory
 
 
-def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Read an SAE directory written by `save_sae` (or a plain SAELens standard/jumprelu/topk one)."""
+def read_sae(directory: str | Path) -> tuple[SAEConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, metadata, parameters) of an SAE directory written by `save_sae`, or of a plain
+    SAELens directory of a registered architecture (standard / jumprelu / topk)."""
     directory = Path(directory)
     try:
         cfg = json.loads((directory / CFG_FILE).read_text())
@@ -97,22 +94,22 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Spars
     if "sae_config" in ours:
         sae_cfg = sae_config_from_dict(ours["sae_config"])
     else:
-        arch = OUR_ARCH.get(cfg.get("architecture", "standard"))
+        by_saelens_name = {arch.saelens_name: arch for arch in ARCHITECTURES.values()}
+        arch = by_saelens_name.get(cfg.get("architecture", "standard"))
         if arch is None:
             raise GhostTrackError(f"{directory}: SAELens architecture {cfg.get('architecture')!r} is not "
-                                  f"supported; ghosttrack reads {', '.join(OUR_ARCH)}")
-        extra = {"k": cfg["k"]} if arch == "topk" else {}
-        sae_cfg = sae_config_from_dict({"architecture": arch, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], **extra})
+                                  f"supported; ghosttrack reads {', '.join(by_saelens_name)}")
+        sae_cfg = sae_config_from_dict({"architecture": arch.name, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"],
+                                        **arch.options_from_saelens(cfg)})
         if cfg.get("apply_b_dec_to_input", False):
             # Fold "x - b_dec" into b_enc, so that our pre = x @ W_enc + b_enc matches theirs.
             tensors["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
-    metadata = {**cfg.get("metadata", {}), "ghosttrack": ours}
-    sae = SparseAutoencoder(sae_cfg, metadata, init=False)
-    state = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if sae_cfg.architecture == "jumprelu":
-        state["threshold"] = tensors["threshold"]
-    sae.load_state_dict(state)
-    return sae.to(device)
+    names = (*SHARED_PARAMETERS, *architecture(sae_cfg.architecture)(sae_cfg).extra_parameters())
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise GhostTrackError(f"{directory / WEIGHTS_FILE} lacks {', '.join(missing)} for a "
+                              f"{sae_cfg.architecture} SAE; the file is damaged or from another tool")
+    return sae_cfg, {**cfg.get("metadata", {}), "ghosttrack": ours}, {name: tensors[name] for name in names}
 
 
 def save_trainer_state(path: str | Path, state: dict[str, Any]) -> None:

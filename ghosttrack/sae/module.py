@@ -1,9 +1,7 @@
 """The sparse autoencoder: one module, three architectures chosen by its config.
 
 Parameters (SAELens names and shapes): W_enc (D, H), b_enc (H,), W_dec (H, D), b_dec (D,),
-and for JumpReLU a per-latent threshold (H,), kept >= 0 after every optimiser step. (It is not
-log-parametrised: Adam moves a log-threshold by about lr per step in log space, far too slowly
-for thresholds that must grow from ~0.01 to ~1 in a few thousand steps.)
+and the architecture's own (JumpReLU: a per-latent threshold (H,), kept >= 0).
 
     pre  = x @ W_enc + b_enc
     acts = relu(pre)                  (relu)
@@ -11,162 +9,21 @@ for thresholds that must grow from ~0.01 to ~1 in a few thousand steps.)
          = the k largest relu(pre)    (topk; the rest are 0)
     x_hat = acts @ W_dec + b_dec
 
-The architecture-specific parts (activation, sparsity penalty, auxiliary loss) live in
-small `_Arch` classes picked from the config's `architecture`, so the trainer calls the
-same `training_loss` whatever the SAE is.
+The architecture-specific parts (activation, extra parameters, sparsity penalty, auxiliary
+loss) live in one module per architecture (relu.py, jumprelu.py, topk.py), found through the
+registry by the config's `architecture`, so the trainer calls the same `training_loss`
+whatever the SAE is.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ghosttrack.kernels import reference
-from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, SAEConfig, TopKSAEConfig
-from ghosttrack.kernels.topk_sparse import select_topk, sparse_decode, sparse_topk_encode
-
-
-class TrainStep(NamedTuple):
-    """What `SparseAutoencoder.training_loss` returns; every field stays on the device."""
-
-    loss: Tensor
-    """Scalar to back-propagate: mse + the architecture's sparsity / auxiliary terms."""
-    mse: Tensor
-    """Scalar: mean over rows of sum over D of (x - x_hat)^2."""
-    x_hat_BD: Tensor
-    """(B, D) reconstruction (detached)."""
-    l0_B: Tensor
-    """(B,) number of active latents in each row."""
-    fired_H: Tensor
-    """(H,) number of rows each latent was active in."""
-    terms: dict[str, Tensor]
-    """Architecture-specific scalars (detached), e.g. {"l1": ...} or {"auxk": ...}."""
-
-
-def _dense_forward(fused: bool, x_BD: Tensor, params: list[Tensor], l1_coeff: float, **kwargs):
-    """The relu/jumprelu forward: the plain reference, or the fused Triton path.
-
-    The fused kernel is an autograd.Function that autocast does not reach, so under autocast
-    its inputs are cast here (the casts are differentiable: gradients reach the fp32 weights).
-    """
-    if not fused:
-        return reference.sae_forward(x_BD, *params, l1_coeff, **kwargs)
-    from ghosttrack.kernels import fused as fused_kernels
-
-    if torch.is_autocast_enabled(x_BD.device.type):
-        dtype = torch.get_autocast_dtype(x_BD.device.type)
-        x_BD, params = x_BD.to(dtype), [p.to(dtype) for p in params]
-        if kwargs.get("threshold") is not None:
-            kwargs["threshold"] = kwargs["threshold"].to(dtype)
-    with torch.autocast(x_BD.device.type, enabled=False):
-        return fused_kernels.sae_forward(x_BD, *params, l1_coeff, **kwargs)
-
-
-class _ReluArch:
-    """ReLU activations, L1 penalty weighted by the decoder row norms."""
-
-    def __init__(self, cfg: ReluSAEConfig):
-        self.cfg = cfg
-
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        return {}
-
-    def constrain_(self, sae) -> None:
-        pass
-
-    def encode(self, sae: "SparseAutoencoder", x_BD: Tensor) -> Tensor:
-        return torch.relu(x_BD @ sae.W_enc + sae.b_enc)
-
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
-        out = _dense_forward(fused, x_BD, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec],
-                             self.cfg.l1_coeff * sparsity_scale)
-        return _dense_step(out, {"l1": out.l1.detach()})
-
-
-class _JumpReluArch:
-    """JumpReLU activations with a learned threshold; L0 penalty through the STE."""
-
-    def __init__(self, cfg: JumpReluSAEConfig):
-        self.cfg = cfg
-
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        return {"threshold": nn.Parameter(torch.full((self.cfg.d_sae,), float(self.cfg.init_threshold)))}
-
-    @torch.no_grad()
-    def constrain_(self, sae) -> None:
-        sae.threshold.clamp_(min=0.0)  # a negative threshold would let negative activations through
-
-    def encode(self, sae, x_BD: Tensor) -> Tensor:
-        pre_BH = x_BD @ sae.W_enc + sae.b_enc
-        return pre_BH * (pre_BH > sae.threshold)
-
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
-        out = _dense_forward(fused, x_BD, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec], 0.0,
-                             threshold=sae.threshold, l0_coeff=self.cfg.l0_coeff * sparsity_scale,
-                             bandwidth=self.cfg.bandwidth)
-        return _dense_step(out, {"l0": out.l0.detach()})
-
-
-def _dense_step(out: reference.SAEOutput, terms: dict[str, Tensor]) -> TrainStep:
-    active_BH = out.acts.detach() > 0
-    return TrainStep(out.loss, out.mse, out.x_hat.detach(), active_BH.sum(1), active_BH.sum(0), terms)
-
-
-class _TopKArch:
-    """The k largest ReLU activations per row; AuxK reconstructs the residual with dead latents."""
-
-    def __init__(self, cfg: TopKSAEConfig):
-        self.cfg = cfg
-
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        return {}
-
-    def constrain_(self, sae) -> None:
-        pass
-
-    def encode(self, sae, x_BD: Tensor) -> Tensor:
-        pre_BH = torch.relu(x_BD @ sae.W_enc + sae.b_enc)
-        top_BK, idx_BK = pre_BH.topk(self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre_BH).scatter_(-1, idx_BK, top_BK)
-
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
-        if fused:
-            raise ValueError("the fused kernel covers relu and jumprelu SAEs; train topk without --fused")
-        acts_BK, idx_BK, pre_BH = sparse_topk_encode(x_BD, sae.W_enc, sae.b_enc, self.cfg.k)
-        x_hat_BD = sparse_decode(acts_BK, idx_BK, sae.W_dec) + sae.b_dec
-        acc = reference.loss_dtype(x_BD.dtype)
-        mse = (x_BD.to(acc) - x_hat_BD.to(acc)).pow(2).sum(-1).mean()
-        loss, terms = mse, {}
-        if tokens_since_fired_H is not None and self.cfg.aux_coeff > 0:
-            dead_H = tokens_since_fired_H >= self.cfg.dead_tokens
-            # One host sync per step (as sparsify does): AuxK's top-k and sparse products cost
-            # nothing when no latent is dead, which is most of a healthy run.
-            n_dead = int(dead_H.sum())
-            auxk = torch.zeros((), dtype=mse.dtype, device=x_BD.device)
-            if n_dead:
-                auxk = self._auxk(sae, x_BD, x_hat_BD, pre_BH, dead_H, n_dead)
-                loss = loss + self.cfg.aux_coeff * sparsity_scale * auxk
-            terms["auxk"] = auxk.detach()
-        active_BK = acts_BK.detach() > 0
-        fired_H = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=x_BD.device)
-        fired_H.index_add_(0, idx_BK.reshape(-1), active_BK.reshape(-1).to(torch.int64))
-        return TrainStep(loss, mse, x_hat_BD.detach(), active_BK.sum(1), fired_H, terms)
-
-    def _auxk(self, sae, x_BD, x_hat_BD, pre_BH, dead_H, n_dead: int) -> Tensor:
-        """AuxK (Gao et al. 2024, appendix A.2): reconstruct the residual x - x_hat with the
-        min(aux_k, n_dead) largest dead latents; mean over rows of sum over D of squared error,
-        scaled down by min(n_dead / aux_k, 1)."""
-        k_aux = min(self.cfg.aux_k, n_dead)
-        aux_acts_BK, aux_idx_BK = select_topk(x_BD, sae.W_enc, sae.b_enc, pre_BH, k_aux, dead_H)
-        residual_BD = (x_BD - x_hat_BD).detach()
-        e_hat_BD = sparse_decode(aux_acts_BK, aux_idx_BK, sae.W_dec)
-        acc = reference.loss_dtype(x_BD.dtype)
-        err = (residual_BD.to(acc) - e_hat_BD.to(acc)).pow(2).sum(-1).mean()
-        return err * min(n_dead / self.cfg.aux_k, 1.0)
-
-
-_ARCHS = {"relu": _ReluArch, "jumprelu": _JumpReluArch, "topk": _TopKArch}
+from ghosttrack.sae.base import TrainStep
+from ghosttrack.sae.config import SAEConfig, architecture
+from ghosttrack.sae.files import read_sae, save_sae
 
 
 class SparseAutoencoder(nn.Module):
@@ -177,7 +34,7 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._arch = _ARCHS[cfg.architecture](cfg)
+        self._arch = architecture(cfg.architecture)(cfg)
         D, H = cfg.d_in, cfg.d_sae
         # Unit-norm random decoder rows and the encoder tied to them at init (Gao et al. 2024).
         W_dec = torch.randn(H, D) if init else torch.ones(H, D)
@@ -259,13 +116,13 @@ class SparseAutoencoder(nn.Module):
 
     def save(self, directory, metadata: dict[str, Any] | None = None) -> None:
         """Write sae_weights.safetensors + cfg.json (SAELens layout) into `directory`."""
-        from ghosttrack.sae.files import save_sae
-
         save_sae(self, directory, {**self.metadata, **(metadata or {})})
 
 
 def load_sae(directory, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """The SAE saved in `directory` (sae_weights.safetensors + cfg.json); metadata in `.metadata`."""
-    from ghosttrack.sae.files import load_sae as _load
-
-    return _load(directory, device)
+    """The SAE saved in `directory` (sae_weights.safetensors + cfg.json, ours or SAELens's);
+    its cfg.json metadata in `.metadata`."""
+    cfg, metadata, state = read_sae(directory)
+    sae = SparseAutoencoder(cfg, metadata, init=False)
+    sae.load_state_dict(state)
+    return sae.to(device)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ghosttrack.sae.files import load_sae
+from ghosttrack.sae.module import load_sae
 from ghosttrack.kernels import reference
 from ghosttrack.kernels.topk import topk_forward
 from ghosttrack.sae.module import SparseAutoencoder

@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("sae_lens", reason="sae-lens is not installed")
 from sae_lens import SAE  # noqa: E402
 
-from ghosttrack.sae.files import load_sae  # noqa: E402
-from ghosttrack.sae.module import JumpReluSAEConfig, ReluSAEConfig, SparseAutoencoder, TopKSAEConfig  # noqa: E402
+from ghosttrack.sae.module import load_sae  # noqa: E402
+from ghosttrack.sae import JumpReluSAEConfig, ReluSAEConfig, SparseAutoencoder, TopKSAEConfig  # noqa: E402
 
 D, H = 24, 56
 CONFIGS = {

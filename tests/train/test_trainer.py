@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghosttrack.sae.files import STATE_FILE, load_sae, load_trainer_state
+from ghosttrack.sae.files import STATE_FILE, load_trainer_state
+from ghosttrack.sae.module import load_sae
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.metrics import fvu
 from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig
