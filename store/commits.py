@@ -8,11 +8,16 @@ the longest prefix of chunks that are all committed.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import zarr
+
+from . import format as fmt
 from .errors import StoreError
 from .files import read_json, write_json
+from .lock import StoreLock
 
 COMMITS_DIR = "commits"
 
@@ -43,7 +48,14 @@ def read_rank_commits(root: Path, world_size: int) -> list[RankCommit]:
     """Every rank's record (a rank that has not committed yet counts as 0 rows, incomplete)."""
     out = []
     for r in range(world_size):
-        doc = read_json(rank_file(root, r))
+        try:
+            doc = read_json(rank_file(root, r))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"store {root} is damaged: the commit record of rank {r} ({rank_file(root, r)}) "
+                             f"is unreadable ({type(e).__name__}); re-extract it with --overwrite") from e
+        if doc is not None and (not isinstance(doc, dict) or set(doc) != set(RankCommit.__dataclass_fields__)):
+            raise StoreError(f"store {root} is damaged: the commit record of rank {r} ({rank_file(root, r)}) "
+                             "is malformed; re-extract it with --overwrite")
         if doc is None:
             out.append(RankCommit(r, world_size, 0, False))
             continue
@@ -87,3 +99,26 @@ def merged_commit(commits: list[RankCommit], chunk_tokens: int, root: Path) -> t
             f"the ranks of store {root} finished with non-contiguous chunks ({written} rows written, "
             f"{total} contiguous); re-extract with --overwrite")
     return total, all_done
+
+
+def finalize_store(path: Path, world_size: int) -> int:
+    """Merge the rank records of a multi-process store into its group attributes (rank 0, after
+    every rank closed). When all ranks are complete the arrays are cut to the committed rows and
+    the records are removed, leaving the same bytes as a single-process run. Returns committed_tokens."""
+    stored = fmt.read_store_attrs(path)
+    if stored is None:
+        raise StoreError(f"no GhostTrack store at {path} to finalize")
+    if stored.get("complete"):
+        return stored["committed_tokens"]
+    with StoreLock.acquire(path / fmt.LOCK_PREFIX, path):
+        commits = read_rank_commits(path, world_size)
+        total, complete = merged_commit(commits, stored["chunk_tokens"], path)
+        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+        if complete:
+            for name in fmt.array_names(stored["layers"]):
+                array = group[name]
+                array.resize((total,) + array.shape[1:])
+        group.update_attributes({"committed_tokens": total, "complete": complete})
+        if complete:
+            shutil.rmtree(path / COMMITS_DIR)
+    return total

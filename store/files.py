@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import google_crc32c  # a dependency of zarr v3: its crc32c codec uses it
 import numpy as np
 
 from .format import TMP_SUFFIX
@@ -20,32 +22,64 @@ from .format import TMP_SUFFIX
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def is_disk_full(err: OSError) -> bool:
-    """True for the errors a full disk or an exhausted quota raise."""
-    return err.errno in DISK_FULL_ERRNOS
+def is_disk_full(err: OSError, folder: Path | None = None, need: int = 1) -> bool:
+    """True for the errors a full disk or an exhausted quota raise.
+
+    Some writers (``ndarray.tofile``) raise an OSError without an errno when the disk fills up;
+    for those, a ``folder`` with less than ``need`` bytes free decides.
+    """
+    if err.errno in DISK_FULL_ERRNOS:
+        return True
+    return err.errno is None and folder is not None and free_bytes(folder) < need
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free for this user on the filesystem that holds ``folder`` (its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """google_crc32c only accepts read-only buffers: a read-only view, no copy."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 class AtomicFile:
-    """A file written piece by piece under ``<name>.partial`` and renamed into place by ``commit()``."""
+    """A file written piece by piece under ``<name>.partial`` and renamed into place by ``commit()``.
 
-    def __init__(self, path: Path):
+    With ``checksum=True`` the CRC-32C of everything written is appended on commit, as zarr's
+    crc32c codec stores it (little-endian uint32 after the data).
+    """
+
+    def __init__(self, path: Path, checksum: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._crc = 0 if checksum else None
         self._f = open(self.tmp, "wb")
 
     def write(self, data: np.ndarray | bytes) -> None:
         """Append bytes, or the raw bytes of a C-contiguous array (what zarr's ``bytes`` codec stores)."""
         if isinstance(data, bytes):
             self._f.write(data)
+            if self._crc is not None:
+                self._crc = google_crc32c.extend(self._crc, data)
             return
         if not data.flags.c_contiguous:
             raise ValueError("AtomicFile.write needs a C-contiguous array")
         # ndarray.tofile writes in blocks: measurably faster here than one huge file.write().
         data.tofile(self._f)
+        if self._crc is not None:
+            self._crc = google_crc32c.extend(self._crc, _read_only(data))
 
     def commit(self) -> None:
-        """Close the file and move it to its final name (replacing any older file there)."""
+        """Close the file (after its checksum, if any) and move it to its final name."""
+        if self._crc is not None:
+            self._f.write(np.uint32(self._crc).astype("<u4").tobytes())
         self._f.close()
         os.replace(self.tmp, self.path)
 

@@ -3,8 +3,9 @@
 One group per extraction run:
 
 - ``layers/<i>``: (n_tokens, d_model) float16, one chunk = ``chunk_tokens`` rows, uncompressed
-  (plain little-endian ``bytes`` codec), so a chunk file is exactly ``chunk_tokens * d_model * 2``
-  bytes that can be memory-mapped.
+  (plain little-endian ``bytes`` codec) followed by zarr's ``crc32c`` codec: a chunk file is the
+  ``chunk_tokens * d_model * 2`` data bytes, which can be memory-mapped, plus a 4-byte CRC-32C of
+  them that plain zarr checks on every read (format 2; format-1 stores have no checksum).
 - ``tokens`` (int32), ``positions`` (int32, position inside its packed sequence) and
   ``sequence_ids`` (int64, index of the packed sequence): (n_tokens,), same row chunking.
 
@@ -24,9 +25,14 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec
+from zarr.codecs import BytesCodec, Crc32cCodec
 
-FORMAT_VERSION = 1
+from .errors import StoreError
+
+FORMAT_VERSION = 2
+"""Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec)."""
+READABLE_VERSIONS = (1, 2)
+"""Format versions this version reads (1: no checksums)."""
 DTYPE = "float16"
 FLAGGED_ROWS = "positions == 0"
 ROW_ARRAYS: dict[str, str] = {"tokens": "<i4", "positions": "<i4", "sequence_ids": "<i8"}
@@ -101,16 +107,32 @@ def identity_of(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_store_attrs(path: Path) -> dict[str, Any] | None:
-    """The group attributes if ``path`` holds a GhostTrack store (a zarr.json with format_version), else None."""
+    """The group attributes if ``path`` holds a GhostTrack store (a zarr.json with format_version), else None.
+
+    A store whose zarr.json is damaged (unreadable, not JSON, not a group) while its arrays are
+    there raises StoreError: it is a GhostTrack store, but nothing in it can be trusted.
+    """
     meta = Path(path) / "zarr.json"
     try:
         doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
+    except FileNotFoundError:
+        doc = None
+    except (OSError, ValueError) as e:
+        doc = e
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    if doc.get("node_type") != "group" or not isinstance(attrs, dict) or "format_version" not in attrs:
-        return None
-    return attrs
+    if isinstance(doc, dict) and doc.get("node_type") == "group" and isinstance(attrs, dict) \
+            and "format_version" in attrs:
+        return attrs
+    if doc is not None and looks_like_store(path):
+        why = f"{type(doc).__name__}: {doc}" if isinstance(doc, Exception) else "not a GhostTrack group"
+        raise StoreError(f"store {path} is damaged: its zarr.json is unreadable ({why}); "
+                         "re-extract it with --overwrite")
+    return None
+
+
+def looks_like_store(path: Path) -> bool:
+    """True when ``path`` holds the arrays of a GhostTrack store (whatever its zarr.json says)."""
+    return (Path(path) / "tokens" / "zarr.json").is_file() and (Path(path) / "layers").is_dir()
 
 
 def content_entries(path: Path) -> list[Path]:
@@ -139,9 +161,10 @@ def create_group(path: Path, attrs: dict[str, Any], target_tokens: int) -> zarr.
 
 
 def _create_array(group: zarr.Group, name: str, shape: tuple, chunks: tuple, dtype: str) -> None:
+    # crc32c is a bytes-to-bytes codec: the raw chunk bytes stay first in the file (memmap-able).
     group.create_array(
         name, shape=shape, chunks=chunks, dtype=np.dtype(dtype).name,
-        compressors=None, serializer=BytesCodec(endian="little"), fill_value=0,
+        compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"), fill_value=0,
         chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
 
@@ -157,10 +180,31 @@ def chunk_file(root: Path, array: zarr.Array, c: int) -> Path:
     return Path(root) / array.path / array.metadata.encode_chunk_key(coords)
 
 
+def has_checksum(array: zarr.Array) -> bool:
+    """True when the array's chunks end with zarr's crc32c checksum."""
+    return any(isinstance(c, Crc32cCodec) for c in array.compressors)
+
+
 def is_plain_chunked(array: zarr.Array) -> bool:
-    """True when each chunk file is the raw little-endian C-order bytes of the chunk (memmap-able):
-    no compressor, no filter, no sharding, a plain little-endian ``bytes`` serializer."""
+    """True when each chunk file starts with the raw little-endian C-order bytes of the chunk
+    (memmap-able): no filter, no sharding, a little-endian ``bytes`` serializer, and no
+    compressor except a trailing crc32c checksum."""
     ser = array.serializer
-    return (array.shards is None and not array.compressors and not array.filters
+    return (array.shards is None and not array.filters
+            and all(isinstance(c, Crc32cCodec) for c in array.compressors)
             and isinstance(ser, BytesCodec)
             and (ser.endian is None or ser.endian.value == "little"))
+
+
+def chunk_nbytes(array: zarr.Array) -> int:
+    """Data bytes of one full chunk of a plain-chunked array (the checksum not included)."""
+    return int(np.prod(array.chunks)) * array.dtype.itemsize
+
+
+CHECKSUM_BYTES = 4
+"""Length of the crc32c trailer (little-endian uint32, as zarr's codec writes it)."""
+
+
+def chunk_file_size(array: zarr.Array) -> int:
+    """Expected size of each chunk file of a plain-chunked array."""
+    return chunk_nbytes(array) + (CHECKSUM_BYTES if has_checksum(array) else 0)

@@ -1,86 +1,134 @@
-"""One writer per store: a lock file created with O_CREAT|O_EXCL that names its holder (pid, host).
+"""One writer per store: an OS lock (``fcntl.flock``) on a lock file that names its holder.
 
-A lock whose holder is a dead process on this host is stale (the writer was killed) and is taken
-over; a lock held by a live process, or by any process on another host, is refused.
+The kernel releases a flock when its holder dies, however it dies, so a lock we can take is never
+held by a live process on this host: whatever the file says then is stale (a killed writer, an
+empty file, our own pid left by an earlier life of this container) and is overwritten. The file
+records pid, host and start time only for the messages, with one exception: a record written on
+another host is refused even when the lock is free here, because flock does not reach across
+every shared filesystem; ``break_lock=True`` (the CLI's ``--break-lock``) overrides it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from .errors import StoreError
 
 
-def _pid_alive(pid: int) -> bool:
+def read_holder(path: Path) -> dict:
+    """The holder recorded in a lock file: {} when the file is missing, empty or unreadable."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _read_holder(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        doc = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return {}  # unreadable or half-written: treat as held by an unknown process
+        return {}
     return doc if isinstance(doc, dict) else {}
 
 
-class StoreLock:
-    """An acquired lock file; ``release()`` (or leaving the ``with`` block) removes it."""
+def _describe(holder: dict, path: Path) -> str:
+    if not holder:
+        return f"an unknown process (lock file {path})"
+    since = f" since {holder['started']}" if holder.get("started") else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{since}"
 
-    def __init__(self, path: Path, store: Path):
+
+class StoreLock:
+    """A held lock; ``release()`` (or leaving the ``with`` block) removes the file and unlocks."""
+
+    def __init__(self, path: Path, store: Path, fd: int):
         self.path = Path(path)
         self.store = Path(store)
-        self.held = False
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     @classmethod
-    def acquire(cls, path: Path, store: Path) -> "StoreLock":
-        """Create the lock file or raise StoreError naming the live holder."""
-        lock = cls(path, store)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        payload = json.dumps(me).encode()
-        for _ in range(3):  # retry after removing a stale lock
+    def acquire(cls, path: Path, store: Path, *, break_lock: bool = False) -> "StoreLock":
+        """Take the lock or raise StoreError naming its holder and the way out."""
+        path, store = Path(path), Path(store)
+        host = socket.gethostname()
+        for _ in range(10):  # retried only while another process removes the file under us
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_holder(lock.path)
-                if holder is None:
-                    continue  # released between our two calls
-                pid, host = holder.get("pid"), holder.get("host")
-                stale = host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
-                if not stale:
-                    who = f"pid {pid} on {host}" if pid is not None else f"an unknown process ({lock.path})"
-                    raise StoreError(f"store {store} is being written by {who}; wait for it or kill it")
-                lock.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            # Two processes may both have removed the same stale lock: only one of them now
-            # finds its own pid in the file.
-            if _read_holder(lock.path) != me:
-                raise StoreError(f"store {store} was just locked by another process; wait for it or kill it")
-            lock.held = True
-            return lock
-        raise StoreError(f"could not lock store {store} ({lock.path} keeps reappearing); "
-                         "check for another writer")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise StoreError(f"cannot lock store {store} ({path}: {e.strerror}); "
+                                     "check the folder's permissions") from e
+                raise StoreError(f"store {store} is being written by {_describe(read_holder(path), path)}; "
+                                 "wait for it or kill it") from None
+            try:
+                if not _same_file(fd, path):  # the previous holder removed it as we opened it
+                    os.close(fd)
+                    continue
+                holder = read_holder(path)
+                if holder.get("host") not in (None, host) and not break_lock:
+                    raise StoreError(f"store {store} is locked by {_describe(holder, path)}, another host; "
+                                     "if no process there is writing it, rerun with --break-lock")
+                record = {"pid": os.getpid(), "host": host,
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(record).encode(), 0)
+            except BaseException:
+                _close(fd)
+                raise
+            return cls(path, store, fd)
+        raise StoreError(f"could not lock store {store} ({path} keeps being replaced); check for another writer")
 
     def release(self) -> None:
-        """Remove the lock file (idempotent)."""
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        """Remove the lock file, then unlock (idempotent). Removing first, while still holding the
+        lock, means no one can take it on a file that is about to disappear unnoticed: a process
+        that opened the old file sees that it is gone (``_same_file``) and retries."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if _same_file(fd, self.path):
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     def __enter__(self) -> "StoreLock":
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def __del__(self) -> None:  # an abandoned writer must not keep its store locked
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def break_lock(store: Path, lock_name: str = ".lock") -> dict:
+    """Remove a store's lock record when no process on this host holds its OS lock (the CLI's
+    ``--break-lock`` for a record left by another host); returns the record removed.
+    A lock held by a live process here is refused, as ``StoreLock.acquire`` would."""
+    path = Path(store) / lock_name
+    holder = read_holder(path)
+    with StoreLock.acquire(path, store, break_lock=True):
+        pass
+    return holder

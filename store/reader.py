@@ -1,8 +1,12 @@
 """ActivationStore: read-only access to a store's committed rows.
 
-A chunk of an uncompressed, unsharded layer array is handed out as a ``numpy.memmap`` of its
-chunk file (no copy, no decode: the fast path); any other layout goes through zarr. Rows past
-``committed_tokens`` are never returned.
+A chunk of an uncompressed, unsharded array is handed out as a ``numpy.memmap`` of the data part
+of its chunk file (no copy, no decode, no checksum: the fast path; ``verify.py`` checks the
+checksums); any other layout goes through zarr. Rows past ``committed_tokens`` are never returned.
+
+The committed range checks itself: every committed chunk must be there with its full size, so a
+missing, short or unreadable chunk file is an error naming the array, the chunk and the fix,
+never the zeros zarr would return for a missing chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,27 @@ import zarr
 
 from . import format as fmt
 from .errors import StoreError
+from .modes import check_commit_record
+
+
+REPAIR_COMMAND = "ghosttrack extract ... --resume --repair"
+"""Re-extracts damaged chunks (the run's own options plus --resume --repair)."""
+
+
+def repair_hint(path: Path) -> str:
+    """The fix for damaged chunks, as every message about them names it."""
+    return f"run ghosttrack verify {path} to list every damaged chunk, then {REPAIR_COMMAND} to re-extract them"
+
+
+class ChunkDamaged(StoreError):
+    """A committed chunk that cannot be read as written: missing, short, unreadable or undecodable."""
+
+    def __init__(self, path: Path, array: str, chunk: int, why: str):
+        super().__init__(f"store {path} is damaged: chunk {chunk} of {array} {why}; {repair_hint(path)}")
+        self.array, self.chunk, self.why = array, chunk, why
+
+
+damaged_chunk = ChunkDamaged
 
 
 def _human_bytes(n: float) -> str:
@@ -42,9 +67,16 @@ class ActivationStore:
         self.model: str = attrs["model"]
         self.hook: str = attrs["hook"]
         self.context_length: int = attrs["context_length"]
-        self._arrays = {name: group[name] for name in fmt.array_names(self.layers)}
+        self._arrays = {}
+        for name in fmt.array_names(self.layers):
+            try:
+                self._arrays[name] = group[name]
+            except KeyError:
+                raise StoreError(f"store {path} is damaged: array {name} is missing (its creation or an "
+                                 "--overwrite was cut short?); re-extract it with --overwrite") from None
         self._plain = {name: fmt.is_plain_chunked(a) for name, a in self._arrays.items()}
-        self._paths: dict[tuple[str, int], str | None] = {}
+        self._file_size = {name: fmt.chunk_file_size(a) for name, a in self._arrays.items() if self._plain[name]}
+        self._paths: dict[tuple[str, int], str] = {}
 
     @classmethod
     def open(cls, path) -> "ActivationStore":
@@ -56,18 +88,19 @@ class ActivationStore:
         if attrs is None:
             raise StoreError(f"{path} is not a GhostTrack activation store (no zarr.json with "
                              "format_version); pass the folder that ghosttrack extract wrote")
-        if attrs["format_version"] != fmt.FORMAT_VERSION:
+        if attrs["format_version"] not in fmt.READABLE_VERSIONS:
             raise StoreError(f"store {path} has format_version {attrs['format_version']}, this GhostTrack "
-                             f"reads {fmt.FORMAT_VERSION}; upgrade GhostTrack or re-extract")
-        missing_keys = [k for k in ("layers", "d_model", "chunk_tokens", "committed_tokens", "complete",
-                                    "model", "hook", "context_length") if k not in attrs]
+                             f"reads {', '.join(map(str, fmt.READABLE_VERSIONS))}; upgrade GhostTrack or re-extract")
+        missing_keys = [k for k in ("layers", "d_model", "chunk_tokens", "model", "hook", "context_length")
+                        if k not in attrs]
         if missing_keys:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
+        check_commit_record(path, attrs)
         try:
             group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r", zarr_format=3)
             store = cls(path, group, attrs)
-        except (KeyError, ValueError, OSError) as e:
+        except (KeyError, ValueError, TypeError, OSError) as e:
             raise StoreError(f"store {path} is damaged ({type(e).__name__}: {e}); "
                              "re-extract with --overwrite") from e
         store._check_shapes()
@@ -103,35 +136,71 @@ class ActivationStore:
 
     def chunk_file(self, layer: int, c: int) -> Path | None:
         """The file to memory-map for chunk ``c`` of ``layer``, or None where zarr must decode it
-        (compressed or sharded array, or a chunk never written, which reads as the fill value)."""
-        f = self._chunk_path(self.require_layer(layer), c)
-        return Path(f) if f is not None and os.path.isfile(f) else None
+        (compressed or sharded array). Missing or short files raise StoreError."""
+        name = self.require_layer(layer)
+        if not self._plain[name]:
+            return None
+        return Path(self._checked_plain_file(name, c))
 
-    def _chunk_path(self, name: str, c: int) -> str | None:
-        """Cached str path of a chunk file of a plain-chunked array (str: np.memmap resolves Paths)."""
+    def _plain_path(self, name: str, c: int) -> str:
+        """Path (a str: np.memmap resolves Paths) of chunk ``c`` of a plain-chunked array."""
         key = (name, c)
-        if key not in self._paths:
-            plain = self._plain[name]
-            self._paths[key] = str(fmt.chunk_file(self.path, self._arrays[name], c)) if plain else None
-        return self._paths[key]
+        f = self._paths.get(key)
+        if f is None:
+            f = self._paths[key] = str(fmt.chunk_file(self.path, self._arrays[name], c))
+        return f
+
+    def chunk_problem(self, name: str, c: int) -> str | None:
+        """What is wrong with the file of committed chunk ``c`` of array ``name`` that its presence
+        and size show (None: nothing). Reading it (``verify.py``) can find more."""
+        if not self._plain[name]:
+            f = fmt.chunk_file(self.path, self._arrays[name], c)
+            return None if f.is_file() else f"is missing ({f})"
+        f = self._plain_path(name, c)
+        try:
+            size = os.stat(f).st_size
+        except FileNotFoundError:
+            return f"is missing ({f})"
+        except OSError as e:
+            return f"cannot be read ({f}: {e.strerror})"
+        if size != self._file_size[name]:
+            return f"holds {size} bytes, expected {self._file_size[name]} ({f})"
+        return None
+
+    def _checked_plain_file(self, name: str, c: int) -> str:
+        """Path of committed chunk ``c`` of a plain-chunked array, after checking that the file is
+        there with its full size."""
+        self.chunk_bounds(c)
+        problem = self.chunk_problem(name, c)
+        if problem is not None:
+            raise damaged_chunk(self.path, name, c, problem)
+        return self._plain_path(name, c)
+
+    def _array_chunk(self, name: str, c: int) -> np.ndarray:
+        """Committed rows of chunk ``c`` of array ``name``: a memmap of its file on the fast path,
+        else decoded by zarr (which checks a checksum the chunks carry)."""
+        start, stop = self.chunk_bounds(c)
+        array = self._arrays[name]
+        if self._plain[name]:
+            f = self._checked_plain_file(name, c)
+            shape = (self.chunk_tokens,) + array.shape[1:]
+            try:
+                return np.memmap(f, dtype=array.dtype.newbyteorder("<"), mode="r", shape=shape)[: stop - start]
+            except OSError as e:
+                raise damaged_chunk(self.path, name, c, f"cannot be read ({f}: {e.strerror})") from e
+        problem = self.chunk_problem(name, c)
+        if problem is not None:  # zarr would read the fill value
+            raise damaged_chunk(self.path, name, c, problem)
+        try:
+            return array[start:stop]
+        except Exception as e:  # a decoder's error (checksum, truncated stream ...): damaged data
+            raise damaged_chunk(self.path, name, c, f"cannot be decoded ({type(e).__name__}: {e})") from e
 
     def read_chunk(self, layer: int, c: int) -> np.ndarray:
         """Chunk ``c`` of ``layer`` as (rows, d_model) float16: a read-only ``numpy.memmap`` of the
         chunk file on the fast path, else an array decoded by zarr."""
-        start, stop = self.chunk_bounds(c)
-        name = self.require_layer(layer)
-        f = self._chunk_path(name, c)
-        try:
-            size = os.stat(f).st_size if f is not None else None
-        except FileNotFoundError:
-            size = None
-        if size is None:
-            return self._arrays[name][start:stop]
-        shape = (self.chunk_tokens, self.d_model)
-        if size != shape[0] * shape[1] * 2:
-            raise StoreError(f"store {self.path} is damaged: {f} holds {size} bytes, expected "
-                             f"{shape[0] * shape[1] * 2}; re-extract with --overwrite")
-        return np.memmap(f, dtype=fmt.LAYER_DTYPE, mode="r", shape=shape)[: stop - start]
+        self.chunk_bounds(c)
+        return self._array_chunk(self.require_layer(layer), c)
 
     def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:
         stop = self.n_tokens if stop is None else stop
@@ -155,7 +224,10 @@ class ActivationStore:
 
     def _row_array(self, name: str, start: int, stop: int | None) -> np.ndarray:
         start, stop = self._check_range(start, stop)
-        return self._arrays[name][start:stop]
+        ct = self.chunk_tokens
+        parts = [self._array_chunk(name, c)[max(start - c * ct, 0): stop - c * ct]
+                 for c in range(start // ct, -(-stop // ct))]
+        return np.concatenate(parts) if parts else np.empty(0, self._arrays[name].dtype)
 
     def tokens(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Token ids (int32) of rows [start, stop)."""
@@ -176,10 +248,27 @@ class ActivationStore:
         return sum(p.stat().st_size for entry in fmt.content_entries(self.path)
                    for p in ([entry] if entry.is_file() else entry.rglob("*")) if p.is_file())
 
+    @property
+    def array_names(self) -> list[str]:
+        """Every array: the layers, then tokens, positions and sequence_ids."""
+        return list(self._arrays)
+
+    def damaged_files(self) -> list[tuple[str, int, str]]:
+        """(array, chunk, problem) for every committed chunk file that is missing or has the wrong
+        size: a quick check (one stat per file); ``verify_store`` also reads the data."""
+        return [(name, c, why) for name in self._arrays for c in range(self.n_chunks)
+                if (why := self.chunk_problem(name, c)) is not None]
+
     def summary(self) -> str:
-        """What ``ghosttrack info`` prints."""
+        """What ``ghosttrack info`` prints. A store with missing or short chunk files is called
+        damaged, whatever its commit record says."""
         a = self.attrs
         state = "complete" if self.complete else "incomplete (resume with --resume)"
+        damaged = self.damaged_files()
+        if damaged:
+            name, c, why = damaged[0]
+            state = (f"DAMAGED: {len(damaged)} chunk file(s) missing or short (first: chunk {c} of {name}); "
+                     f"{repair_hint(self.path)}")
         corpus = ", ".join(f"{k}={v}" for k, v in a.get("corpus", {}).items()) or "-"
         rev = f" @ {a['revision']}" if a.get("revision") else ""
         fields = [

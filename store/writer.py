@@ -9,6 +9,7 @@ past it, and finishing the run gives the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,15 @@ import numpy as np
 import zarr
 
 from . import format as fmt
-from .commits import (COMMITS_DIR, RankCommit, merged_commit, own_chunk, read_rank_commits,
+from .commits import (COMMITS_DIR, RankCommit, finalize_store, own_chunk, read_rank_commits,
                       recorded_world_size, write_rank_commit)
 from .errors import StoreError
-from .files import AtomicFile, is_disk_full, remove_partials
+from .files import AtomicFile, free_bytes, is_disk_full, remove_partials
 from .lock import StoreLock
+from .modes import MODES, check_commit_record, check_identity, clear, prepare
 
-MODES = ("create", "resume", "overwrite")
+DISK_MARGIN = 1 << 20
+"""Bytes kept free beyond a chunk's files: the commit record and zarr's temporary copy of it."""
 
 
 def _lock_name(rank: int, world_size: int) -> str:
@@ -36,33 +39,15 @@ def _own_rows(total: int, rank: int, world_size: int, chunk_tokens: int) -> int:
     return sum(min(chunk_tokens, total - c * chunk_tokens) for c in range(rank, n_chunks, world_size))
 
 
-def _describe(attrs: dict[str, Any]) -> str:
-    return f"model {attrs.get('model')}, layers {attrs.get('layers')}"
-
-
-def _check_identity(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
-    have = fmt.identity_of(stored)
-    diffs = [f"{k}: stored {have.get(k)!r} vs requested {wanted.get(k)!r}"
-             for k in sorted(set(have) | set(wanted)) if have.get(k) != wanted.get(k)]
-    if diffs:
-        raise StoreError(f"cannot resume store {path}: it was written with different settings "
-                         f"({'; '.join(diffs)}); pass --overwrite to replace it or choose another --out")
-
-
-def _prepare(path: Path, identity: dict[str, Any], mode: str) -> dict[str, Any] | None:
-    """Check ``mode`` against what is at ``path`` without changing anything; the stored attrs or None."""
-    stored = fmt.read_store_attrs(path)
-    occupied = bool(fmt.content_entries(path))
-    if occupied and stored is None:
-        raise StoreError(f"{path} is not empty and is not a GhostTrack store (no zarr.json with "
-                         "format_version); refusing to touch it, choose another --out")
-    if mode == "create" and occupied:
-        raise StoreError(f"store already exists at {path} ({_describe(stored)}); pass --resume to "
-                         "continue it or --overwrite to replace it")
-    if mode == "resume" and stored is not None:
-        _check_identity(path, stored, identity)
-        return stored
-    return None
+def _open_arrays(path: Path, group: zarr.Group, layers: list[int]) -> dict[str, zarr.Array]:
+    arrays = {}
+    for name in fmt.array_names(layers):
+        try:
+            arrays[name] = group[name]
+        except (KeyError, ValueError, OSError) as e:
+            raise StoreError(f"store {path} is damaged: array {name} is missing or unreadable "
+                             f"({type(e).__name__}); re-extract it with --overwrite") from e
+    return arrays
 
 
 class StoreWriter:
@@ -85,7 +70,10 @@ class StoreWriter:
         self.layers: list[int] = list(attrs["layers"])
         self.chunk_tokens: int = attrs["chunk_tokens"]
         self.target_tokens: int = attrs["target_tokens"]
-        self._arrays = {name: group[name] for name in fmt.array_names(self.layers)}
+        self._arrays = _open_arrays(path, group, self.layers)
+        # Each array's own metadata says whether its chunks end with a checksum (format 1: none).
+        self._checksum = {name: fmt.has_checksum(a) for name, a in self._arrays.items()}
+        self._chunk_bytes = sum(fmt.chunk_file_size(a) for a in self._arrays.values())
         self.d_model: int = attrs["d_model"]
         self._dtypes = {fmt.layer_array(i): np.dtype(fmt.LAYER_DTYPE) for i in self.layers}
         self._dtypes.update({name: np.dtype(dt) for name, dt in fmt.ROW_ARRAYS.items()})
@@ -103,8 +91,12 @@ class StoreWriter:
 
     @classmethod
     def open(cls, path, *, layers: list[int], d_model: int, target_tokens: int, chunk_tokens: int,
-             attrs: dict, mode: str = "create", rank: int = 0, world_size: int = 1) -> "StoreWriter":
-        """Create, resume or overwrite the store at ``path`` and lock it for writing."""
+             attrs: dict, mode: str = "create", rank: int = 0, world_size: int = 1,
+             break_lock: bool = False) -> "StoreWriter":
+        """Create, resume or overwrite the store at ``path`` and lock it for writing.
+
+        ``break_lock`` takes over a lock recorded by another host (see ``lock.py``).
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
@@ -114,28 +106,33 @@ class StoreWriter:
         path = Path(path)
         identity = fmt.identity_attrs(layers=list(layers), d_model=d_model, chunk_tokens=chunk_tokens,
                                       target_tokens=target_tokens, attrs=attrs)
-        if rank > 0:
-            return cls._open_rank(path, identity, rank, world_size)
-        stored = _prepare(path, identity, mode)
-        path.mkdir(parents=True, exist_ok=True)
-        lock = StoreLock.acquire(path / _lock_name(rank, world_size), path)
         try:
-            if stored is None:
-                for entry in fmt.content_entries(path):  # only empty or a GhostTrack store gets here
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if rank > 0:
+                return cls._open_rank(path, identity, rank, world_size, break_lock)
+            stored, occupied = prepare(path, identity, mode)
+            path.mkdir(parents=True, exist_ok=True)
+            lock = StoreLock.acquire(path / _lock_name(rank, world_size), path, break_lock=break_lock)
+            try:
+                if stored is not None:
+                    return cls._resume(path, stored, lock, world_size)
+                if occupied:  # only a GhostTrack store (maybe damaged) gets here
+                    clear(path)
                 group = fmt.create_group(path, fmt.with_progress(identity, 0, False), target_tokens)
                 if world_size > 1:
                     (path / COMMITS_DIR).mkdir()
                 return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=0, complete=False)
-            return cls._resume(path, stored, lock, world_size)
-        except BaseException:
-            lock.release()
-            raise
+            except BaseException:
+                lock.release()
+                raise
+        except OSError as e:
+            what = "disk full" if is_disk_full(e, path, DISK_MARGIN) else (e.strerror or str(e))
+            raise StoreError(f"cannot open store {path} for writing: {what}"
+                             f"{f' ({e.filename})' if e.filename else ''}; fix that and rerun") from e
 
     @classmethod
     def _resume(cls, path: Path, stored: dict, lock: StoreLock, world_size: int) -> "StoreWriter":
         group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
-        if stored["complete"]:  # nothing to write; appends are refused
+        if stored["complete"]:  # nothing to append; appends are refused, repairs allowed
             own = _own_rows(stored["committed_tokens"], 0, world_size, stored["chunk_tokens"])
             return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=own, complete=True)
         commits_dir = path / COMMITS_DIR
@@ -159,13 +156,14 @@ class StoreWriter:
         return writer
 
     @classmethod
-    def _open_rank(cls, path: Path, identity: dict, rank: int, world_size: int) -> "StoreWriter":
+    def _open_rank(cls, path: Path, identity: dict, rank: int, world_size: int, break_lock: bool) -> "StoreWriter":
         stored = fmt.read_store_attrs(path)
-        if stored is None or not (stored["complete"] or (path / COMMITS_DIR).is_dir()):
+        if stored is None or not (stored.get("complete") or (path / COMMITS_DIR).is_dir()):
             raise StoreError(f"rank {rank}: no multi-process store at {path} yet; open it on rank 0 "
                              "first, then wait for everyone before opening the other ranks")
-        _check_identity(path, stored, identity)
-        lock = StoreLock.acquire(path / _lock_name(rank, world_size), path)
+        check_commit_record(path, stored)
+        check_identity(path, stored, identity)
+        lock = StoreLock.acquire(path / _lock_name(rank, world_size), path, break_lock=break_lock)
         try:
             if stored["complete"]:
                 mine = RankCommit(rank, world_size, _own_rows(stored["committed_tokens"], rank, world_size,
@@ -234,14 +232,28 @@ class StoreWriter:
                 self._commit(self.committed_tokens + self.chunk_tokens, complete=False)
 
     def _write_rows(self, rows: dict[str, np.ndarray]) -> None:
+        where = f"while writing chunk {self.next_chunk} of {self.path}"
         try:
+            if not self._files:
+                self._check_free_space(where)
             for name, a in rows.items():
                 if name not in self._files:
-                    self._files[name] = AtomicFile(fmt.chunk_file(self.path, self._arrays[name], self.next_chunk))
+                    self._files[name] = self._chunk_file(name, self.next_chunk)
                 self._files[name].write(a)
         except OSError as e:
-            self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
+            self._fail(e, where)
         self._n_buf += len(rows["tokens"])
+
+    def _chunk_file(self, name: str, c: int) -> AtomicFile:
+        return AtomicFile(fmt.chunk_file(self.path, self._arrays[name], c), checksum=self._checksum[name])
+
+    def _check_free_space(self, where: str) -> None:
+        """Stop before a chunk that cannot fit: a full disk found mid-write costs the same stop,
+        but some filesystems report it late or without an errno."""
+        free = free_bytes(self.path)
+        if free < self._chunk_bytes + DISK_MARGIN:
+            self._fail(OSError(errno.ENOSPC, f"{free:,} bytes free, a chunk needs "
+                                             f"{self._chunk_bytes + DISK_MARGIN:,}"), where)
 
     def _finish_chunk(self) -> None:
         """Pad the current chunk with the fill value (0) to full size and move its files into place."""
@@ -254,6 +266,50 @@ class StoreWriter:
         except OSError as e:
             self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
         self._files, self._n_buf = {}, 0
+
+    # ---------------------------------------------------------------- repairing
+
+    def rewrite_chunk(self, c: int, acts: dict[int, np.ndarray], tokens, positions, sequence_ids) -> None:
+        """Write committed chunk ``c`` of every array again, from its rows (exactly the chunk's
+        committed rows, e.g. re-extracted after ``verify_store`` found it damaged). Each file is
+        replaced atomically; the commit record does not change."""
+        if self._closed or self._failed:
+            self._check_writable()
+        ct, ws = self.chunk_tokens, self.world_size
+        own_start = (c // ws) * ct
+        if c < 0 or c % ws != self.rank or own_start >= self.committed_tokens:
+            raise ValueError(f"chunk {c} is not a committed chunk of this writer (rank {self.rank} of {ws}, "
+                             f"{self.committed_tokens} own rows committed)")
+        n = min(ct, self.committed_tokens - own_start)
+        if set(acts) != set(self.layers):
+            raise ValueError(f"acts must have exactly the layers {self.layers}, got {sorted(acts)}")
+        rows = {fmt.layer_array(i): a for i, a in acts.items()}
+        rows.update(tokens=tokens, positions=positions, sequence_ids=sequence_ids)
+        where = f"while rewriting chunk {c} of {self.path}"
+        files: list[AtomicFile] = []
+        try:
+            self._check_free_space(where)
+            for name, a in rows.items():
+                a = np.ascontiguousarray(a, dtype=self._dtypes[name])
+                want = (n,) + self._arrays[name].shape[1:]
+                if a.shape != want:
+                    raise ValueError(f"{name} has shape {a.shape}, chunk {c} needs {want}")
+                f = self._chunk_file(name, c)
+                files.append(f)
+                f.write(a)
+                if n < ct:
+                    f.write(np.zeros((ct - n,) + want[1:], a.dtype))
+            for f in files:
+                f.commit()
+        except BaseException as e:
+            for f in files:
+                try:
+                    f.abort()
+                except OSError:
+                    pass
+            if isinstance(e, OSError):
+                self._fail(e, where)
+            raise
 
     def _drop_chunk(self) -> None:
         """Delete the current chunk's temporary files: its rows were never committed."""
@@ -275,9 +331,12 @@ class StoreWriter:
         self.committed_tokens, self.complete = committed_tokens, complete
 
     def _fail(self, err: OSError, where: str) -> None:
+        # Judge a write error without an errno by the free space while the failed chunk's
+        # temporary files still take it up.
+        full = is_disk_full(err, self.path, self._chunk_bytes)
         self._drop_chunk()
-        what = "disk full" if is_disk_full(err) else f"{err.strerror or err}"
-        fix = "free space" if is_disk_full(err) else "fix that"
+        what = "disk full" if full else f"{err.strerror or err}"
+        fix = "free space" if full else "fix that"
         self._failed = (f"{what} {where}; the store is intact at {self.committed_tokens} committed "
                         f"tokens; {fix} and rerun with --resume")
         raise StoreError(self._failed) from err
@@ -305,9 +364,12 @@ class StoreWriter:
                 if self._n_buf:
                     self._finish_chunk()
                 if self.world_size == 1:
-                    for array in self._arrays.values():
-                        if array.shape[0] != total:
-                            array.resize((total,) + array.shape[1:])
+                    try:
+                        for array in self._arrays.values():
+                            if array.shape[0] != total:
+                                array.resize((total,) + array.shape[1:])
+                    except OSError as e:
+                        self._fail(e, f"while completing {self.path}")
                 self._commit(total, complete=True)
         finally:
             self._drop_chunk()
@@ -323,24 +385,5 @@ class StoreWriter:
 
     @staticmethod
     def finalize(path, world_size: int) -> int:
-        """Merge the rank records of a multi-process store into its group attributes (rank 0, after
-        every rank closed). When all ranks are complete the arrays are cut to the committed rows and
-        the records are removed, leaving the same bytes as a single-process run. Returns committed_tokens."""
-        path = Path(path)
-        stored = fmt.read_store_attrs(path)
-        if stored is None:
-            raise StoreError(f"no GhostTrack store at {path} to finalize")
-        if stored["complete"]:
-            return stored["committed_tokens"]
-        with StoreLock.acquire(path / fmt.LOCK_PREFIX, path):
-            commits = read_rank_commits(path, world_size)
-            total, complete = merged_commit(commits, stored["chunk_tokens"], path)
-            group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
-            if complete:
-                for name in fmt.array_names(stored["layers"]):
-                    array = group[name]
-                    array.resize((total,) + array.shape[1:])
-            group.update_attributes({"committed_tokens": total, "complete": complete})
-            if complete:
-                shutil.rmtree(path / COMMITS_DIR)
-        return total
+        """Merge the rank records of a multi-process store (see ``commits.finalize_store``)."""
+        return finalize_store(Path(path), world_size)

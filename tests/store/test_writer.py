@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from ghosttrack.store import files
 from ghosttrack.store import format as fmt
@@ -56,13 +57,13 @@ def test_store_contents_and_attrs(tmp_path):
                                  context_length=CTX)
     g = zarr.open_group(path, mode="r")
     a = dict(g.attrs)
-    assert a["format_version"] == 1 and a["layers"] == LAYERS and a["d_model"] == D
+    assert a["format_version"] == 2 and a["layers"] == LAYERS and a["d_model"] == D
     assert a["committed_tokens"] == N and a["complete"] is True and a["dtype"] == "float16"
     assert a["flagged_rows"] == "positions == 0" and a["corpus"] == {"kind": "synthetic"}
     for layer in LAYERS:
         arr = g[fmt.layer_array(layer)]
         assert arr.shape == (N, D) and arr.chunks == (CT, D) and arr.dtype == np.float16
-        assert arr.compressors == () and fmt.is_plain_chunked(arr)
+        assert arr.compressors == (Crc32cCodec(),) and fmt.is_plain_chunked(arr)
         np.testing.assert_array_equal(arr[:], synthetic_acts(layer, 0, N, D).astype(np.float16))
     tokens, positions, seq = synthetic_rows(0, N, CTX)
     np.testing.assert_array_equal(g["tokens"][:], tokens)

@@ -1,0 +1,150 @@
+"""Check a whole store: every committed chunk of every array is there, has its size, matches its
+checksum and, for activations, holds only finite values. What fails is listed by (array, chunk),
+and ``repair_ranges`` turns that into the row ranges an extractor re-extracts with
+``StoreWriter.rewrite_chunk``.
+
+Reads skip the checksum to stay at memory-map speed; this is where it is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import format as fmt
+from .reader import REPAIR_COMMAND, ActivationStore, ChunkDamaged
+
+_FP16_EXPONENT = np.uint16(0x7C00)  # all exponent bits set: inf or NaN
+_BLOCK_BYTES = 1 << 22  # finite checks in blocks that stay in the cache
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged chunk of one array."""
+
+    array: str
+    chunk: int
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_store`` found."""
+
+    path: Path
+    arrays: list[str]
+    n_chunks: int
+    """Committed chunks per array."""
+    n_tokens: int
+    chunk_tokens: int
+    checksums: bool
+    """Whether every array's chunks carry a checksum (format 1 stores have none)."""
+    bytes_read: int = 0
+    damaged: list[Damage] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.damaged
+
+    @property
+    def damaged_chunks(self) -> list[int]:
+        """Chunk indices with any damaged array, ascending."""
+        return sorted({d.chunk for d in self.damaged})
+
+    def summary(self) -> str:
+        """What ``ghosttrack verify`` prints: one line when healthy, else one line per damaged chunk."""
+        checks = "presence, size, CRC-32C, finite values" if self.checksums else \
+            "presence, size, finite values; format-1 store: no checksums"
+        head = (f"store {self.path}: {self.n_chunks} chunks x {len(self.arrays)} arrays, "
+                f"{self.n_tokens:,} committed tokens ({checks}), {self.bytes_read / 1e9:.2f} GB read")
+        if self.healthy:
+            return f"{head}: healthy"
+        lines = [f"{head}: {len(self.damaged)} damaged chunk file(s) in {len(self.damaged_chunks)} chunk(s)"]
+        lines += [f"  {d.array} chunk {d.chunk}: {d.reason}" for d in self.damaged]
+        lines.append(f"fix: re-extract them with {REPAIR_COMMAND} (the options of the original run)")
+        return "\n".join(lines)
+
+
+def verify_store(path, *, progress: bool = False) -> VerifyReport:
+    """Read every committed chunk of the store at ``path`` and report the damaged ones.
+
+    A store that cannot be opened at all (no commit record, damaged metadata) raises StoreError.
+    """
+    store = ActivationStore.open(path)
+    arrays = store.array_names
+    report = VerifyReport(path=store.path, arrays=arrays, n_chunks=store.n_chunks, n_tokens=store.n_tokens,
+                          chunk_tokens=store.chunk_tokens,
+                          checksums=all(fmt.has_checksum(store._arrays[a]) for a in arrays))
+    work = [(name, c) for c in range(store.n_chunks) for name in arrays]
+    for name, c in tqdm(work, desc=f"verify {store.path.name}", unit="chunk", disable=not progress):
+        reason = _check_chunk(store, name, c, report)
+        if reason is not None:
+            report.damaged.append(Damage(name, c, reason))
+    return report
+
+
+def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport) -> str | None:
+    problem = store.chunk_problem(name, c)
+    if problem is not None:
+        return problem
+    array = store._arrays[name]
+    start, stop = store.chunk_bounds(c)
+    if not store._plain[name]:  # zarr decodes it, checking any checksum codec on the way
+        try:
+            rows = store._array_chunk(name, c)
+        except ChunkDamaged as e:
+            return e.why
+        report.bytes_read += rows.nbytes
+        return _nonfinite(rows.reshape(len(rows), -1).view(np.uint8), rows.dtype, stop - start) \
+            if rows.dtype.kind == "f" else None
+    f = store._plain_path(name, c)
+    try:
+        raw = np.memmap(f, dtype=np.uint8, mode="r")
+    except OSError as e:
+        return f"cannot be read ({f}: {e.strerror})"
+    report.bytes_read += len(raw)
+    data = raw[: fmt.chunk_nbytes(array)]
+    if fmt.has_checksum(array):
+        stored = int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0])
+        if google_crc32c.value(data) != stored:
+            return f"fails its CRC-32C checksum (its bytes changed after they were written; {f})"
+    if array.dtype.kind == "f":
+        return _nonfinite(data.reshape(store.chunk_tokens, -1), array.dtype, stop - start)
+    return None
+
+
+def _nonfinite(rows_u8: np.ndarray, dtype: np.dtype, n_rows: int) -> str | None:
+    """Count NaN/inf in the first ``n_rows`` rows (given as raw bytes, one row per line)."""
+    rows_u8 = rows_u8[:n_rows]
+    block = max(1, _BLOCK_BYTES // max(1, rows_u8.shape[1]))
+    bad_rows: list[int] = []
+    n_bad = 0
+    for i in range(0, n_rows, block):
+        part = np.ascontiguousarray(rows_u8[i:i + block])
+        if np.dtype(dtype) == np.float16:  # bit test: several times faster than np.isfinite on fp16
+            bad = (part.view("<u2") & _FP16_EXPONENT) == _FP16_EXPONENT
+        else:
+            bad = ~np.isfinite(part.view(np.dtype(dtype).newbyteorder("<")))
+        if bad.any():
+            n_bad += int(bad.sum())
+            bad_rows += (np.flatnonzero(bad.any(axis=1))[:3] + i).tolist()
+    if not n_bad:
+        return None
+    return f"holds {n_bad} NaN/inf value(s) (rows of the chunk: {', '.join(map(str, bad_rows[:3]))})"
+
+
+def repair_ranges(report: VerifyReport) -> list[tuple[int, int]]:
+    """[start, stop) row ranges to re-extract: the damaged chunks' committed rows, neighbours merged."""
+    out: list[tuple[int, int]] = []
+    ct = report.chunk_tokens
+    for c in report.damaged_chunks:
+        start, stop = c * ct, min((c + 1) * ct, report.n_tokens)
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+    return out
