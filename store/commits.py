@@ -52,10 +52,10 @@ def read_rank_commits(root: Path, world_size: int) -> list[RankCommit]:
             doc = read_json(rank_file(root, r))
         except (OSError, ValueError) as e:
             raise StoreError(f"store {root} is damaged: the commit record of rank {r} ({rank_file(root, r)}) "
-                             f"is unreadable ({type(e).__name__}); re-extract it with --overwrite") from e
+                             f"is unreadable ({type(e).__name__}); re-extract with --overwrite") from e
         if doc is not None and (not isinstance(doc, dict) or set(doc) != set(RankCommit.__dataclass_fields__)):
             raise StoreError(f"store {root} is damaged: the commit record of rank {r} ({rank_file(root, r)}) "
-                             "is malformed; re-extract it with --overwrite")
+                             "is malformed; re-extract with --overwrite")
         if doc is None:
             out.append(RankCommit(r, world_size, 0, False))
             continue

@@ -34,6 +34,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 """Format versions this version reads (1: no checksums)."""
 DTYPE = "float16"
+"""The layers' default dtype; ``float32`` is the other one a store may hold (the ``dtype`` attribute)."""
+LAYER_DTYPES = {"float16": "<f2", "float32": "<f4"}
+"""The layers' dtypes a store may record in its ``dtype`` attribute, little-endian."""
 FLAGGED_ROWS = "positions == 0"
 ROW_ARRAYS: dict[str, str] = {"tokens": "<i4", "positions": "<i4", "sequence_ids": "<i8"}
 """The per-row metadata arrays and their little-endian dtypes (the bytes codec's byte order)."""
@@ -63,8 +66,10 @@ def _canonical_json(value: Any) -> Any:
 
 
 def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target_tokens: int,
-                   attrs: dict[str, Any]) -> dict[str, Any]:
+                   attrs: dict[str, Any], dtype: str = DTYPE) -> dict[str, Any]:
     """The identity attributes of a run, in a fixed key order (caller's extra keys sorted last)."""
+    if dtype not in LAYER_DTYPES:
+        raise ValueError(f"dtype must be one of {list(LAYER_DTYPES)}, got {dtype!r}")
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise ValueError(f"attrs is missing required keys {missing} (need {list(REQUIRED_ATTRS)})")
@@ -84,7 +89,7 @@ def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target
         "hook": extra.pop("hook"),
         "layers": [int(i) for i in layers],
         "d_model": int(d_model),
-        "dtype": DTYPE,
+        "dtype": dtype,
         "context_length": extra.pop("context_length"),
         "tokenizer": extra.pop("tokenizer"),
         "corpus": extra.pop("corpus"),
@@ -126,7 +131,7 @@ def read_store_attrs(path: Path) -> dict[str, Any] | None:
     if doc is not None and looks_like_store(path):
         why = f"{type(doc).__name__}: {doc}" if isinstance(doc, Exception) else "not a GhostTrack group"
         raise StoreError(f"store {path} is damaged: its zarr.json is unreadable ({why}); "
-                         "re-extract it with --overwrite")
+                         "re-extract with --overwrite")
     return None
 
 
@@ -154,7 +159,7 @@ def create_group(path: Path, attrs: dict[str, Any], target_tokens: int) -> zarr.
     group = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3, attributes=attrs)
     ct, d = attrs["chunk_tokens"], attrs["d_model"]
     for layer in attrs["layers"]:
-        _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPE)
+        _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPES[attrs["dtype"]])
     for name, dtype in ROW_ARRAYS.items():
         _create_array(group, name, (target_tokens,), (ct,), dtype)
     return group

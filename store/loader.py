@@ -10,7 +10,12 @@ How a batch is made:
 3. A batch of row numbers is gathered from the memory-mapped chunk files (the reader's fast
    path) on a prefetch thread, converted, and delivered (through pinned memory on CUDA).
    With ``device_resident`` the whole filtered split is instead loaded onto the device once
-   and batches are gathered there, in the same order.
+   and batches are gathered there, in the same order; the epoch's row order is uploaded once,
+   at the epoch's start, so that a batch is one gather on the device with no host round trip.
+4. Data parallel (``rank``, ``world``): the row-number stream is cut into global batches of
+   world * batch_size rows, exactly those of one process with that batch size, and rank r takes
+   rows [r * batch_size, (r + 1) * batch_size) of each. A rank reads only its own rows
+   (``bytes_read`` counts them); the others' rows are skipped unread.
 
 Resuming mid-epoch replays the row-number stream (no reads) up to the saved batch, so the
 remaining batches are exactly those an uninterrupted loader would have produced.
@@ -119,6 +124,7 @@ class _ChunkRows:
             sel = np.flatnonzero(which == k)
             x, rows = self._chunk(int(k))
             out[sel] = x[rows[ids[sel] - self._loader._offsets[k]]]
+        self._loader.bytes_read += len(ids) * out.shape[1] * out.itemsize
         self._release(which)
 
     def _release(self, which: np.ndarray) -> None:
@@ -150,9 +156,14 @@ class ActivationLoader:
 
     def __init__(self, store: ActivationStore, layer: int, config: LoaderConfig, *, split: str = "train",
                  device="cpu", dtype: torch.dtype = torch.float32, stats: LayerStats | None = None,
-                 progress: bool = True):
+                 progress: bool = True, rank: int = 0, world: int = 1):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+        self.rank, self.world = rank, world
+        self.bytes_read = 0
+        """Bytes of activations this loader copied out of the store (its own rows only)."""
         store.require_layer(layer)
         self.store, self.layer, self.config, self.split = store, layer, config, split
         self.device, self.dtype, self.progress = torch.device(device), dtype, progress
@@ -186,9 +197,21 @@ class ActivationLoader:
         return self.n_rows * self.store.d_model * 2 < 0.5 * free
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (of this rank)."""
+        b, global_b = self.config.batch_size, self.config.batch_size * self.world
+        if self.split == "train":
+            return self.n_rows // global_b
+        full, rest = divmod(self.n_rows, global_b)
+        return full + (rest > self.rank * b)
+
+    def _mine(self, ids: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global batch."""
         b = self.config.batch_size
-        return self.n_rows // b if self.split == "train" else -(-self.n_rows // b)
+        return ids[self.rank * b:(self.rank + 1) * b]
+
+    def _others(self, ids: np.ndarray) -> np.ndarray:
+        b = self.config.batch_size
+        return np.concatenate([ids[:self.rank * b], ids[(self.rank + 1) * b:]])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next iteration produces (restarting it unless it is the current one)."""
@@ -198,12 +221,12 @@ class ActivationLoader:
     # ---------------------------------------------------------------- row-number stream
 
     def _id_batches(self, epoch: int, on_feed=None) -> Iterator[np.ndarray]:
-        """The epoch's batches of kept-row numbers, exactly as the loader emits them.
+        """The epoch's global batches (world * batch_size rows) of kept-row numbers.
 
         ``on_feed(order, p)`` is called as the p-th chunk of ``order`` (positions into
         ``self.chunks``) enters the stream.
         """
-        b = self.config.batch_size
+        b = self.config.batch_size * self.world
 
         def feed(order: np.ndarray) -> Iterator[np.ndarray]:
             for p, k in enumerate(order):
@@ -244,7 +267,7 @@ class ActivationLoader:
 
     def _iter_streaming(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         xfer = HostToDevice(self.device, self.dtype, self.config.batch_size, self.store.d_model,
-                            pool_size=_QUEUE_BATCHES + 3)
+                            pool_size=_QUEUE_BATCHES + 3, host_dtype=self.store.layer_dtype)
 
         def produce():
             rows = _ChunkRows(self)
@@ -255,29 +278,41 @@ class ActivationLoader:
                     self._read_ahead(order, p)
 
             for ids in self._id_batches(epoch, on_feed):
+                mine = self._mine(ids)
+                if self.world > 1:
+                    rows.consume(self._others(ids))
                 if done < skip:
-                    rows.consume(ids)
+                    rows.consume(mine)
                     done += 1
-                else:
-                    yield xfer.stage(len(ids), lambda out, ids=ids: rows.gather(ids, out))
+                elif len(mine):
+                    yield xfer.stage(len(mine), lambda out, mine=mine: rows.gather(mine, out))
 
         for staged in in_background(produce, _QUEUE_BATCHES):
             yield xfer.deliver(staged)
 
     def _iter_resident(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         x = self._load_resident()
-        for i, ids in enumerate(self._id_batches(epoch)):
-            if i >= skip:
-                # index_select: fp16 advanced indexing takes a far slower path on the CPU
-                yield x.index_select(0, torch.from_numpy(ids).to(self.device)).to(self.dtype)
+        mine = [ids for ids in map(self._mine, self._id_batches(epoch)) if len(ids)]
+        bounds = np.cumsum([0] + [len(ids) for ids in mine]).tolist()
+        # The whole epoch's order in one copy (pinned, so the host does not wait for it); each
+        # batch is then a slice of it, with no host-to-device copy of its own.
+        order = torch.from_numpy(np.concatenate(mine) if mine else np.empty(0, np.int64))
+        if self.device.type == "cuda":
+            order = order.pin_memory()
+        order_on_device = order.to(self.device, non_blocking=True)
+        for i in range(skip, len(mine)):
+            # index_select: fp16 advanced indexing takes a far slower path on the CPU
+            yield x.index_select(0, order_on_device[bounds[i]:bounds[i + 1]]).to(self.dtype)
 
     def _load_resident(self) -> torch.Tensor:
-        """The split's kept rows, numbered as in the row-number stream, in fp16 on the device."""
+        """The split's kept rows, numbered as in the row-number stream, in the store's dtype on the device."""
         if self._resident is None:
-            x = torch.empty((self.n_rows, self.store.d_model), dtype=torch.float16, device=self.device)
+            x = torch.from_numpy(np.empty((0, self.store.d_model), self.store.layer_dtype))
+            x = torch.empty((self.n_rows, self.store.d_model), dtype=x.dtype, device=self.device)
             for k, c in enumerate(tqdm(self.chunks.tolist(), desc=f"load layer {self.layer} to {self.device}",
                                        unit="chunk", disable=not self.progress)):
                 rows = self.store.read_chunk(self.layer, c)[self.stats.keep(c)]
+                self.bytes_read += rows.nbytes
                 x[self._offsets[k]:self._offsets[k] + len(rows)] = torch.from_numpy(rows).to(self.device)
             self._resident = x
         return self._resident
@@ -287,7 +322,7 @@ class ActivationLoader:
     def state_dict(self) -> dict:
         """Position in the epoch plus what must match on resume."""
         return {"epoch": self.epoch, "batches_done": self._batches_done, "layer": self.layer,
-                "split": self.split, "n_rows": self.n_rows, "config": asdict(self.config)}
+                "split": self.split, "n_rows": self.n_rows, "world": self.world, "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved position; the loader must see the same store, layer and config."""
@@ -296,6 +331,9 @@ class ActivationLoader:
             if state[key] != mine[key]:
                 raise StoreError(f"loader state was saved with {key}={state[key]!r}, this loader has "
                                  f"{mine[key]!r}; resume with the same store, layer and loader settings")
+        if state.get("world", 1) != self.world:  # the world size decides which rows each rank gets
+            raise StoreError(f"loader state was saved by {state.get('world', 1)} processes, this loader is one "
+                             f"of {self.world}; resume with the same number of processes")
         for key in _ORDER_KEYS:  # what decides the batch order; device settings may differ
             if state["config"][key] != mine["config"][key]:
                 raise StoreError(f"loader state was saved with {key}={state['config'][key]!r}, this "

@@ -45,7 +45,7 @@ def check_commit_record(path: Path, stored: dict[str, Any]) -> None:
                            or not isinstance(stored["complete"], bool))
     if missing or bad:
         what = f"lacks {missing}" if missing else f"is invalid ({ {k: stored[k] for k in COMMIT_KEYS} })"
-        raise StoreError(f"store {path} is damaged: its commit record {what}; re-extract it with --overwrite")
+        raise StoreError(f"store {path} is damaged: its commit record {what}; re-extract with --overwrite")
 
 
 def prepare(path: Path, identity: dict[str, Any], mode: str) -> tuple[dict[str, Any] | None, bool]:

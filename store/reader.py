@@ -67,13 +67,15 @@ class ActivationStore:
         self.model: str = attrs["model"]
         self.hook: str = attrs["hook"]
         self.context_length: int = attrs["context_length"]
+        self.layer_dtype = np.dtype(fmt.LAYER_DTYPES.get(attrs.get("dtype", fmt.DTYPE), fmt.LAYER_DTYPE))
+        """The layers' dtype (little-endian float16, or float32 for a --store-dtype fp32 store)."""
         self._arrays = {}
         for name in fmt.array_names(self.layers):
             try:
                 self._arrays[name] = group[name]
             except KeyError:
                 raise StoreError(f"store {path} is damaged: array {name} is missing (its creation or an "
-                                 "--overwrite was cut short?); re-extract it with --overwrite") from None
+                                 "--overwrite was cut short?); re-extract with --overwrite") from None
         self._plain = {name: fmt.is_plain_chunked(a) for name, a in self._arrays.items()}
         self._file_size = {name: fmt.chunk_file_size(a) for name, a in self._arrays.items() if self._plain[name]}
         self._paths: dict[tuple[str, int], str] = {}
@@ -220,7 +222,7 @@ class ActivationStore:
             parts.append(self.read_chunk(layer, c)[max(start - c0, 0): stop - c0])
         if len(parts) == 1:
             return parts[0]
-        return np.concatenate(parts) if parts else np.empty((0, self.d_model), fmt.LAYER_DTYPE)
+        return np.concatenate(parts) if parts else np.empty((0, self.d_model), self.layer_dtype)
 
     def _row_array(self, name: str, start: int, stop: int | None) -> np.ndarray:
         start, stop = self._check_range(start, stop)

@@ -1,8 +1,9 @@
 """One pass over a layer: row norms, the median norm, and which rows training keeps.
 
 Rows are skipped for training, never removed from the store: flagged rows (position 0, the
-attention sink, whose norm dwarfs the rest) and outliers whose L2 norm exceeds
-``max_norm_ratio`` times the median norm of the unflagged rows. Rows holding NaN/inf stop
+attention sink, whose norm dwarfs the rest), rows at the positions in ``skip_positions`` (e.g. 1,
+the token after the sink, when it peaks many features) and outliers whose L2 norm exceeds
+``max_norm_ratio`` times the median norm of the other rows. Rows holding NaN/inf stop
 training with an error: a model that produced them, or a damaged store, needs a re-extraction.
 """
 
@@ -51,6 +52,10 @@ class LayerStats:
     """(n_chunks,) int64: rows of each chunk that training uses."""
     keep_packed: list[np.ndarray] = field(repr=False)
     """Per chunk, the keep mask packed with np.packbits (one bit per row)."""
+    skip_positions: tuple[int, ...] = ()
+    """Positions left out besides the flagged position 0."""
+    n_positions_skipped: int = 0
+    """Rows left out for their position in skip_positions (flagged rows not counted again)."""
 
     @property
     def n_kept(self) -> int:
@@ -63,23 +68,26 @@ class LayerStats:
 
 
 def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
-               max_norm_ratio: float | None = 3.0, allow_nonfinite: bool = False,
-               progress: bool = True) -> LayerStats:
+               max_norm_ratio: float | None = 3.0, skip_positions: tuple[int, ...] = (),
+               allow_nonfinite: bool = False, progress: bool = True) -> LayerStats:
     """Read every committed chunk of ``layer`` once and decide which rows training keeps.
 
     Raises StoreError if any row holds NaN/inf, unless ``allow_nonfinite`` (diagnostics only):
     then they are counted and left out.
     """
     store.require_layer(layer)
-    norms, flagged = [], []
+    skip_positions = tuple(sorted({int(p) for p in skip_positions}))
+    norms, flagged, at_skipped = [], [], []
     for c in tqdm(range(store.n_chunks), desc=f"scan layer {layer}", unit="chunk", disable=not progress):
         start, stop = store.chunk_bounds(c)
         norms.append(row_norms(store.read_chunk(layer, c)))
         pos = store.positions(start, stop)
         flagged.append(pos == 0 if skip_flagged else np.zeros(stop - start, bool))
+        at_skipped.append(np.isin(pos, skip_positions) & ~flagged[-1])
     rows = [len(n) for n in norms]
     norm = np.concatenate(norms) if norms else np.empty(0, np.float32)
     flag = np.concatenate(flagged) if flagged else np.empty(0, bool)
+    by_position = np.concatenate(at_skipped) if at_skipped else np.empty(0, bool)
     bad = ~np.isfinite(norm)
     n_bad = int(bad.sum())
     if n_bad and not allow_nonfinite:
@@ -88,7 +96,7 @@ def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
         raise StoreError(f"layer {layer} has {n_bad} rows with NaN/inf (first at rows "
                          f"{', '.join(map(str, where))}, chunks {', '.join(map(str, chunks))}) in store "
                          f"{store.path}; re-extract with --overwrite")
-    usable = ~flag & ~bad
+    usable = ~flag & ~by_position & ~bad
     median = float(np.median(norm[usable])) if usable.any() else 0.0
     outlier = np.zeros_like(usable)
     if max_norm_ratio is not None and usable.any():
@@ -101,4 +109,5 @@ def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
         n_outliers_skipped=int(outlier.sum()), n_nonfinite=n_bad, chunk_rows=rows,
         kept_per_chunk=np.array([keep[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])], np.int64),
         keep_packed=[np.packbits(keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
+        skip_positions=skip_positions, n_positions_skipped=int((by_position & ~bad).sum()),
     )

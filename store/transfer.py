@@ -19,19 +19,21 @@ class HostToDevice:
     """Stage batches on the producer thread, deliver them as tensors on the consumer thread."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, batch_size: int, d_model: int,
-                 pool_size: int):
+                 pool_size: int, host_dtype: np.dtype = np.dtype(np.float16)):
         self.device, self.dtype = device, dtype
+        self.host_dtype = np.dtype(host_dtype)
+        """The store's dtype: rows are staged in it, unconverted (float16, or float32)."""
         self.shape = (batch_size, d_model)
         self.cuda = device.type == "cuda"
         self._free: queue.Queue = queue.Queue()
         if self.cuda:
             for _ in range(pool_size):  # > batches that can be queued + in flight at once
-                self._free.put((torch.empty(self.shape, dtype=torch.float16, pin_memory=True), None))
+                self._free.put((torch.from_numpy(np.empty(self.shape, self.host_dtype)).pin_memory(), None))
 
     def stage(self, n: int, fill: Callable[[np.ndarray], None]):
         """Producer side: ``fill`` writes n fp16 rows into a host array; returns a staged batch."""
         if not self.cuda:
-            host = np.empty((n, self.shape[1]), np.float16)
+            host = np.empty((n, self.shape[1]), self.host_dtype)
             fill(host)
             return torch.from_numpy(host).to(self.dtype)
         buf, done = self._free.get()

@@ -46,7 +46,7 @@ def _open_arrays(path: Path, group: zarr.Group, layers: list[int]) -> dict[str, 
             arrays[name] = group[name]
         except (KeyError, ValueError, OSError) as e:
             raise StoreError(f"store {path} is damaged: array {name} is missing or unreadable "
-                             f"({type(e).__name__}); re-extract it with --overwrite") from e
+                             f"({type(e).__name__}); re-extract with --overwrite") from e
     return arrays
 
 
@@ -75,7 +75,8 @@ class StoreWriter:
         self._checksum = {name: fmt.has_checksum(a) for name, a in self._arrays.items()}
         self._chunk_bytes = sum(fmt.chunk_file_size(a) for a in self._arrays.values())
         self.d_model: int = attrs["d_model"]
-        self._dtypes = {fmt.layer_array(i): np.dtype(fmt.LAYER_DTYPE) for i in self.layers}
+        layer_dtype = np.dtype(fmt.LAYER_DTYPES[attrs.get("dtype", fmt.DTYPE)])
+        self._dtypes = {fmt.layer_array(i): layer_dtype for i in self.layers}
         self._dtypes.update({name: np.dtype(dt) for name, dt in fmt.ROW_ARRAYS.items()})
         # Rows go straight from append() into the current chunk's temporary files (no staging
         # copy); the files are renamed into place once the chunk is full.
@@ -92,10 +93,11 @@ class StoreWriter:
     @classmethod
     def open(cls, path, *, layers: list[int], d_model: int, target_tokens: int, chunk_tokens: int,
              attrs: dict, mode: str = "create", rank: int = 0, world_size: int = 1,
-             break_lock: bool = False) -> "StoreWriter":
+             break_lock: bool = False, dtype: str = fmt.DTYPE) -> "StoreWriter":
         """Create, resume or overwrite the store at ``path`` and lock it for writing.
 
-        ``break_lock`` takes over a lock recorded by another host (see ``lock.py``).
+        ``break_lock`` takes over a lock recorded by another host (see ``lock.py``); ``dtype`` is the
+        layers' dtype (``float16``, or ``float32`` for activations beyond fp16's range).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -105,7 +107,7 @@ class StoreWriter:
             raise ValueError("need d_model, target_tokens, chunk_tokens, world_size >= 1 and 0 <= rank < world_size")
         path = Path(path)
         identity = fmt.identity_attrs(layers=list(layers), d_model=d_model, chunk_tokens=chunk_tokens,
-                                      target_tokens=target_tokens, attrs=attrs)
+                                      target_tokens=target_tokens, attrs=attrs, dtype=dtype)
         try:
             if rank > 0:
                 return cls._open_rank(path, identity, rank, world_size, break_lock)
