@@ -9,7 +9,8 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.store.loader import split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.synthetic import write_synthetic_store
-from ghosttrack.tracks.coact import SparseCodes, coactivation_edges
+from ghosttrack.tracks.coact import coactivation_edges
+from ghosttrack.tracks.codes import SparseCodes
 from ghosttrack.tracks.edges import edge_file, read_edges, run_matching
 from tracks_helpers import permuted_sae, random_sae, save_layer, write_rotated_store
 
