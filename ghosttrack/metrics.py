@@ -84,8 +84,9 @@ class ReconstructionStats:
         self.sum_sq_x += norm_B.sum().double()
         self.sum_l0 += l0_B.sum().double()
         self.sum_l2_ratio += (x_hat_BD.float().norm(dim=-1) / norm_B.sqrt().clamp_min(1e-12)).sum().double()
-        self.l0_hist += torch.bincount(torch.bucketize(l0_B.to(self._edges_t.dtype), self._edges_t, right=True),
-                                       minlength=len(self.l0_hist))
+        # Fixed bins and a scatter-add: bincount would read the batch's max back to size its output.
+        bin_B = torch.bucketize(l0_B.to(self._edges_t.dtype), self._edges_t, right=True)
+        self.l0_hist.index_add_(0, bin_B, torch.ones_like(bin_B))
         self.fired_H += fired_H.to(torch.int64)
 
     _STATE = ("n_rows", "sum_sq_err", "sum_x_D", "sum_sq_x", "sum_l0", "sum_l2_ratio", "l0_hist", "fired_H")
@@ -96,6 +97,13 @@ class ReconstructionStats:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for name in self._STATE:
             getattr(self, name).copy_(state[name])
+
+    @torch.no_grad()
+    def reduce_(self, sum_fn) -> None:
+        """Replace every accumulator with sum_fn(accumulator): with a sum across data-parallel
+        processes, the result is that of all their rows."""
+        for name in self._STATE:
+            setattr(self, name, sum_fn(getattr(self, name)))
 
     def result(self, dense_threshold: float = 0.1) -> dict:
         """The metrics of every row seen so far (one host sync)."""

@@ -81,3 +81,19 @@ def test_update_with_a_precomputed_mse_gives_the_same_result():
     b.update(x, x_hat, active.sum(1), active.sum(0), mse=(x - x_hat).pow(2).sum(-1).mean())
     ra, rb = a.result(), b.result()
     assert rb["fvu"] == pytest.approx(ra["fvu"], rel=1e-6) and rb["mse"] == pytest.approx(ra["mse"], rel=1e-6)
+
+
+def test_reduce_across_processes_gives_the_pooled_result():
+    """Two processes' streaming stats, summed field by field (as an all_reduce does), equal one pass over all rows."""
+    x, x_hat, acts = _data()
+    active = acts > 0
+    pooled, first, second = (ReconstructionStats(19, 53) for _ in range(3))
+    pooled.update(x, x_hat, active.sum(1), active.sum(0))
+    first.update(x[:120], x_hat[:120], active[:120].sum(1), active[:120].sum(0))
+    second.update(x[120:], x_hat[120:], active[120:].sum(1), active[120:].sum(0))
+    other = iter(second.state_dict().values())
+    first.reduce_(lambda t: t + next(other))
+    got, want = first.result(), pooled.result()
+    assert got["rows"] == want["rows"] and got["l0_histogram"] == want["l0_histogram"]
+    for key in ("fvu", "mse", "l0", "l2_ratio", "never_fired_fraction", "dense_fraction"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6), key
