@@ -34,7 +34,9 @@ def by_latent(idx_BK: Tensor, vals_BK: Tensor, n_latents: int) -> Tensor:
     order = torch.argsort(flat_idx, stable=True)
     rows = torch.arange(B, device=idx_BK.device).repeat_interleave(K)[order]
     crow = torch.zeros(n_latents + 1, dtype=torch.int64, device=idx_BK.device)
-    crow[1:] = torch.bincount(flat_idx, minlength=n_latents).cumsum(0)
+    # index_add_ into fixed bins, not bincount: bincount reads the max index back to size its output.
+    crow[1:].index_add_(0, flat_idx, torch.ones_like(flat_idx))
+    crow[1:] = crow[1:].cumsum(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, rows, vals_BK.reshape(-1)[order], (n_latents, B),
