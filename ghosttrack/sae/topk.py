@@ -72,31 +72,30 @@ class TopKArch(Architecture):
         mse = (x_BD.to(acc) - x_hat_BD.to(acc)).pow(2).sum(-1).mean()
         loss, terms = mse, {}
         if tokens_since_fired_H is not None and self.cfg.aux_coeff > 0:
-            dead_H = tokens_since_fired_H >= self.cfg.dead_tokens
-            # One host sync per step (as sparsify does): AuxK's top-k and sparse products cost
-            # nothing when no latent is dead, which is most of a healthy run.
-            n_dead = int(dead_H.sum())
-            auxk = torch.zeros((), dtype=mse.dtype, device=x_BD.device)
-            if n_dead:
-                auxk = self._auxk(sae, x_BD, x_hat_BD, pre_BH, dead_H, n_dead)
-                loss = loss + self.cfg.aux_coeff * sparsity_scale * auxk
+            # Always computed, never branched on: how many latents are dead stays on the device.
+            auxk = self._auxk(sae, x_BD, x_hat_BD, pre_BH, tokens_since_fired_H >= self.cfg.dead_tokens)
+            loss = loss + self.cfg.aux_coeff * sparsity_scale * auxk
             terms["auxk"] = auxk.detach()
         active_BK = acts_BK.detach() > 0
         fired_H = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=x_BD.device)
         fired_H.index_add_(0, idx_BK.reshape(-1), active_BK.reshape(-1).to(torch.int64))
         return TrainStep(loss, mse, x_hat_BD.detach(), active_BK.sum(1), fired_H, terms)
 
-    def _auxk(self, sae, x_BD, x_hat_BD, pre_BH, dead_H, n_dead: int) -> Tensor:
+    def _auxk(self, sae, x_BD, x_hat_BD, pre_BH, dead_H) -> Tensor:
         """AuxK (Gao et al. 2024, appendix A.2): reconstruct the residual x - x_hat with the
         min(aux_k, n_dead) largest dead latents; mean over rows of sum over D of squared error,
-        scaled down by min(n_dead / aux_k, 1)."""
-        k_aux = min(self.cfg.aux_k, n_dead)
-        aux_acts_BK, aux_idx_BK = select_topk(x_BD, sae.W_enc, sae.b_enc, pre_BH, k_aux, dead_H)
+        scaled down by min(n_dead / aux_k, 1).
+
+        With no host sync: a fixed aux_k latents are picked from scores masked to the dead ones; when
+        fewer than aux_k are dead, the live picks get activation 0 and add nothing, and the scale
+        (0 when none is dead) is computed on the device.
+        """
+        aux_acts_BK, aux_idx_BK = select_topk(x_BD, sae.W_enc, sae.b_enc, pre_BH, self.cfg.aux_k, dead_H)
         residual_BD = (x_BD - x_hat_BD).detach()
         e_hat_BD = sparse_decode(aux_acts_BK, aux_idx_BK, sae.W_dec)
         acc = reference.loss_dtype(x_BD.dtype)
         err = (residual_BD.to(acc) - e_hat_BD.to(acc)).pow(2).sum(-1).mean()
-        return err * min(n_dead / self.cfg.aux_k, 1.0)
+        return err * (dead_H.sum(dtype=acc) / self.cfg.aux_k).clamp(max=1.0)
 
     def saelens_fields(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
