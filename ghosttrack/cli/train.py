@@ -1,72 +1,43 @@
 """`ghosttrack train`: one SAE per layer of an activation store (options shared with `run`)."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
 from ghosttrack.cli.common import config_option
+from ghosttrack.cli.options import apply, dataclass_options
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae.base import ARCHITECTURES
+from ghosttrack.sae.config import architecture as _load_registry  # noqa: F401 - fills ARCHITECTURES
+from ghosttrack.train.config import TrainerConfig
 
 INTERRUPTED_EXIT = 130
 
 
-def train_options(func):
-    """Options of `train` (except --store / --out / --layers), shared with `run`."""
+def _architecture_options() -> list:
+    """--arch, the width, and every registered architecture's own settings (each once)."""
+    archs = ARCHITECTURES.values()
     options = [
-        click.option("--arch", type=click.Choice(["relu", "jumprelu", "topk"]), default="relu", show_default=True,
-                     help="relu: ReLU + L1 (decoder-norm weighted); jumprelu: learned thresholds + L0; "
-                          "topk: k largest latents per token, AuxK for dead ones."),
+        click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default=next(iter(ARCHITECTURES)),
+                     show_default=True, help="; ".join(f"{a.name}: {a.summary}" for a in archs) + "."),
         click.option("--expansion", type=float, default=16, show_default=True,
                      help="Latents = expansion x d_model (ignored with --d-hidden)."),
         click.option("--d-hidden", type=int, default=None, help="Number of latents (overrides --expansion)."),
-        click.option("--k", type=int, default=None, help="Active latents per token for topk [default: 32]."),
-        click.option("--l1", type=float, default=None,
-                     help="relu: L1 coefficient; higher gives a lower L0 [default: 1.0]."),
-        click.option("--l0", type=float, default=None,
-                     help="jumprelu: L0 coefficient; higher gives a lower L0 [default: 1.0]."),
-        click.option("--bandwidth", type=float, default=None,
-                     help="jumprelu: width of the threshold's straight-through kernel [default: 0.05]."),
-        click.option("--init-threshold", type=float, default=None,
-                     help="jumprelu: starting threshold [default: 0.01]."),
-        click.option("--aux-k", type=int, default=None, help="topk: dead latents used by AuxK [default: d_model/2, <= 512]."),
-        click.option("--aux-coeff", type=float, default=None, help="topk: AuxK loss weight [default: 1/32]."),
-        click.option("--dead-tokens", type=int, default=None,
-                     help="topk: tokens without firing after which AuxK treats a latent as dead [default: 200000]."),
-        click.option("--epochs", type=float, default=1.0, show_default=True,
-                     help="Passes over the training rows (fractions allowed)."),
-        click.option("--batch-size", type=int, default=4096, show_default=True, help="Tokens per optimisation step."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak Adam learning rate."),
-        click.option("--warmup", type=float, default=0.02, show_default=True,
-                     help="Fraction of steps with a linear LR warm-up (then cosine decay)."),
-        click.option("--min-lr-ratio", type=float, default=0.0, show_default=True,
-                     help="The cosine decay ends at lr x this."),
-        click.option("--sparsity-warmup", type=float, default=0.05, show_default=True,
-                     help="Fraction of steps over which the L1/L0/AuxK coefficient ramps up from 0."),
-        click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip (0: off)."),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "fp32", "bf16"]), default="float32",
-                     show_default=True, help="Compute dtype; bfloat16 autocasts (weights stay float32)."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (cuda when present), cpu or cuda[:N]; data parallel under `accelerate launch` "
-                          "(torchrun on CPU)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, split and order."),
-        click.option("--fused", is_flag=True,
-                     help="Fused Triton kernel for relu/jumprelu (GPU; on CPU only with TRITON_INTERPRET=1, slow)."),
-        click.option("--val-fraction", type=float, default=0.05, show_default=True,
-                     help="Share of store chunks held out for validation."),
-        click.option("--max-norm-ratio", type=float, default=3.0, show_default=True,
-                     help="Skip rows whose norm exceeds this x the median (attention sinks); 0 keeps all. "
-                          "Skipped rows are counted in history.json, never removed from the store."),
-        click.option("--keep-flagged", is_flag=True, help="Also train on position-0 rows (skipped by default)."),
-        click.option("--log-every", type=int, default=20, show_default=True, help="Steps between progress/history entries."),
-        click.option("--checkpoint-every", type=int, default=500, show_default=True,
-                     help="Steps between resumable checkpoints."),
-        click.option("--device-resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-                     help="Hold the whole layer in device memory (auto: when it fits; on the CPU in 1/4 of free RAM)."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    seen: set[str] = set()
+    for arch in archs:
+        for option in dataclass_options(arch.config_class, skip=("d_in", "d_sae", *seen), defaults_in_help=True):
+            options.append(option)
+        seen.update(f.name for f in dataclasses.fields(arch.config_class))
+    return options
+
+
+def train_options(func):
+    """Options of `train` (except --store / --out / --layers), shared with `run`: the architecture's
+    from the registry, the rest from TrainerConfig's fields."""
+    return apply([*_architecture_options(), *dataclass_options(TrainerConfig)], func)
 
 
 @click.command()

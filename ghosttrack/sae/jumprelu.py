@@ -6,7 +6,7 @@ from ~0.01 to ~1 in a few thousand steps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -23,7 +23,7 @@ class JumpReluSAEConfig(ConfigBase):
     """Width of the activations (the model's d_model)."""
     d_sae: int
     """Number of latents."""
-    l0_coeff: float = 1.0
+    l0_coeff: float = field(default=1.0, metadata={"flag": "--l0"})
     """jumprelu: weight of the L0 penalty relative to the summed squared error (scaled units); higher
     gives a lower L0."""
     bandwidth: float = 0.05

@@ -1,7 +1,7 @@
 """ReLU SAE with an L1 penalty weighted by decoder row norms (the seed's default)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -18,7 +18,7 @@ class ReluSAEConfig(ConfigBase):
     """Width of the activations (the model's d_model)."""
     d_sae: int
     """Number of latents."""
-    l1_coeff: float = 1.0
+    l1_coeff: float = field(default=1.0, metadata={"flag": "--l1"})
     """relu: weight of l1 = mean_rows sum_h acts_h * ||W_dec[h]||; higher gives a lower L0. In scaled units
     1.0 gave L0 81 on SmolLM2-135M layer 15 (3.0 gave 16): the seed's 50-100 range."""
     architecture: ClassVar[str] = "relu"

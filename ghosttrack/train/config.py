@@ -1,12 +1,13 @@
 """How an SAE is trained: one dataclass, saved in every checkpoint and compared on --resume."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ghosttrack.train.schedule import SCHEDULES
 
 DTYPES = ("float32", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -19,16 +20,16 @@ class TrainerConfig:
     """Passes over the layer's training rows (fractions allowed: 2.5 stops half-way through the third)."""
     batch_size: int = 4096
     """Rows per optimisation step."""
-    lr_schedule: str = "cosine"
+    lr_schedule: str = field(default="cosine", metadata={"choices": SCHEDULES})
     """After the warm-up: constant-decay (constant, then a linear decay over the last decay_fraction of
     the steps) or cosine (a cosine decay over all of them)."""
-    warmup_fraction: float = 0.02
+    warmup_fraction: float = field(default=0.02, metadata={"flag": "--warmup"})
     """Share of the steps with a linear learning-rate warm-up from 0."""
     decay_fraction: float = 0.2
     """constant-decay: share of the steps, at the end, over which the rate falls linearly to lr * min_lr_ratio."""
     min_lr_ratio: float = 0.0
     """The decay ends at lr * min_lr_ratio."""
-    sparsity_warmup_fraction: float = 0.05
+    sparsity_warmup_fraction: float = field(default=0.05, metadata={"flag": "--sparsity-warmup"})
     """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
@@ -36,7 +37,7 @@ class TrainerConfig:
     """Adam beta1."""
     beta2: float = 0.999
     """Adam beta2."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES, "aliases": DTYPE_ALIASES})
     """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32)."""
     device: str = "auto"
     """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
@@ -58,15 +59,19 @@ class TrainerConfig:
     """Share of the store's chunks held out for validation (split by chunk)."""
     buffer_batches: int = 8
     """The loader mixes rows in a buffer of this many batches (>= 8)."""
-    skip_flagged: bool = True
-    """Skip position-0 rows (attention sinks) in training and metrics."""
+    skip_flagged: bool = field(default=True, metadata={"flag": "--keep-flagged", "invert": True})
+    """Skip position-0 rows (attention sinks) in training and metrics (--keep-flagged trains on them too)."""
     max_norm_ratio: float | None = 3.0
-    """Skip rows whose norm exceeds this multiple of the median norm (None: keep all); counted and reported."""
-    device_resident: str = "auto"
+    """Skip rows whose norm exceeds this multiple of the median norm of the training rows (attention
+    sinks); 0 or None keeps all. Skipped rows are counted in history.json, never removed from the store."""
+    device_resident: str = field(default="auto", metadata={"choices": ("auto", "yes", "no")})
     """Hold the whole layer on the device (yes / no / auto: on CUDA when it fits in half the free
     memory, on the CPU when it fits in a quarter of the free RAM)."""
 
     def __post_init__(self) -> None:
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if self.max_norm_ratio == 0:
+            self.max_norm_ratio = None  # the command line's "0 keeps every row"
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError(f"lr, epochs and batch_size must be > 0, got {self.lr}, {self.epochs}, {self.batch_size}")
         if self.lr_schedule not in SCHEDULES:

@@ -8,16 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-import click
-
 from ghosttrack.sae.files import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
-from ghosttrack.cli.common import CONFIG_FILENAME, parse_layers, save_resolved_config
+from ghosttrack.run_config import CONFIG_FILENAME, parse_layers, save_resolved_config
+from ghosttrack.config_fields import values_for
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae.config import SAEConfig, make_sae_config
+from ghosttrack.sae.base import ARCHITECTURES
+from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
@@ -96,27 +97,14 @@ def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, 
     return trainer.run(saved)
 
 
-# Options of `train` that feed TrainerConfig under another name.
-_TRAINER_OPTION_NAMES = {"warmup": "warmup_fraction", "sparsity_warmup": "sparsity_warmup_fraction"}
-
-
 def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConfig, TrainerConfig]:
-    """The SAE and trainer configs that `train`'s options describe for a layer of width d_model."""
+    """The SAE and trainer configs that `train`'s options describe for a layer of width d_model
+    (option names as the command line spells them; None or absent: the dataclass default)."""
     d_sae = options.get("d_hidden") or int(round(float(options.get("expansion") or 16) * d_model))
-    sae_cfg = make_sae_config(options.get("arch") or "relu", d_model, d_sae, l1_coeff=options.get("l1"),
-                              l0_coeff=options.get("l0"), bandwidth=options.get("bandwidth"),
-                              init_threshold=options.get("init_threshold"), k=options.get("k"),
-                              aux_k=options.get("aux_k"), aux_coeff=options.get("aux_coeff"),
-                              dead_tokens=options.get("dead_tokens"))
-    trainer_opts = {_TRAINER_OPTION_NAMES.get(k, k): v for k, v in options.items() if v is not None}
-    if trainer_opts.get("max_norm_ratio") == 0:
-        trainer_opts["max_norm_ratio"] = None  # --max-norm-ratio 0 keeps every row
-    if "keep_flagged" in trainer_opts:
-        trainer_opts["skip_flagged"] = not trainer_opts.pop("keep_flagged")
-    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(trainer_opts.get("dtype"), trainer_opts.get("dtype"))
-    if dtype is not None:
-        trainer_opts["dtype"] = dtype
-    return sae_cfg, TrainerConfig.from_dict(trainer_opts)
+    arch = architecture(options.get("arch") or next(iter(ARCHITECTURES)))
+    sae_cfg = make_sae_config(arch.name, d_model, d_sae, **values_for(arch.config_class, options,
+                                                                        skip=("d_in", "d_sae")))
+    return sae_cfg, TrainerConfig(**values_for(TrainerConfig, options))
 
 
 def train_layers(store_path: str | Path, layers: str | list[int], out: str | Path,
@@ -126,11 +114,8 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
     Returns {layer: summary dict, or the exception that stopped that layer}. A failing layer is
     reported on stderr and does not stop the others; Ctrl-C does (after saving a resumable state).
     """
-    try:
-        store = open_training_store(store_path)
-        wanted = parse_layers(layers)
-    except click.BadParameter as exc:
-        raise GhostTrackError(str(exc.message)) from exc
+    store = open_training_store(store_path)
+    wanted = parse_layers(layers)
     wanted = store.layers if wanted == "all" else wanted
     try:
         sae_cfg, cfg = configs_from_options(options, store.d_model)
@@ -146,8 +131,8 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
                 accelerator=accelerator, progress=progress)
         except (GhostTrackError, StoreError) as exc:
             results[layer] = exc
-            click.echo(f"layer {layer}: error: {exc}", err=True)
+            print(f"layer {layer}: error: {exc}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - one broken layer must not hide the others' results
             results[layer] = exc
-            click.echo(f"layer {layer}: unexpected error:\n{traceback.format_exc()}", err=True)
+            print(f"layer {layer}: unexpected error:\n{traceback.format_exc()}", file=sys.stderr)
     return results

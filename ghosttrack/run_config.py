@@ -1,0 +1,59 @@
+"""How a user writes a run's settings (layer specs, token counts) and how a run saves them back
+(a resolved config that `--config` reproduces exactly). Library code; no command-line parsing."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ghosttrack.errors import GhostTrackError
+
+CONFIG_FILENAME = "config.json"
+
+
+def parse_token_count(text: str | int) -> int:
+    """'10M' -> 10_000_000, '200k' -> 200_000, '1.5m' -> 1_500_000, '4096' -> 4096."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGbB]?)\s*", str(text))
+    if not match:
+        raise GhostTrackError(f"'{text}' is not a token count; write e.g. 200k, 10M or 1500000")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[match.group(2).lower()]
+    value = int(float(match.group(1)) * scale)
+    if value < 1:
+        raise GhostTrackError(f"'{text}' must be at least 1 token")
+    return value
+
+
+def parse_layers(spec: str | list[int], n_layers: int | None = None) -> list[int] | str:
+    """'0-11' -> [0..11], '0,6,11' -> [0, 6, 11], 'all' -> every layer (needs n_layers, else returned as 'all')."""
+    if isinstance(spec, list):
+        return sorted(set(int(x) for x in spec))
+    spec = str(spec).strip().lower()
+    if spec == "all":
+        return list(range(n_layers)) if n_layers is not None else "all"
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise GhostTrackError(f"'{spec}' is not a layer spec; write e.g. 0-11, 0,6,11 or all")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) else lo
+        if hi < lo:
+            raise GhostTrackError(f"layer range '{part}' is reversed; write {hi}-{lo}")
+        layers.update(range(lo, hi + 1))
+    return sorted(layers)
+
+
+def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:
+    """Write {command, options} so that `--config` on that file reproduces the run exactly."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in options.items() if k != "config"}
+    path = directory / CONFIG_FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"command": command, "options": clean}, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
