@@ -25,6 +25,8 @@ class GhostTrackGroup(click.Group):
         "run": "ghosttrack.cli.run:run",
         "interpret": "ghosttrack.cli.analysis:interpret",
         "evaluate": "ghosttrack.cli.analysis:evaluate",
+        "match": "ghosttrack.cli.tracks:match",
+        "track": "ghosttrack.cli.tracks:track",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -143,7 +143,7 @@ class HypothesisTracker:
         self._csr = []
         for i, j in zip(self.layers[:-1], self.layers[1:]):
             e = edges[(i, j)]
-            src, dst, score = (torch.as_tensor(np.asarray(e[c])) for c in ("src", "dst", "score"))
+            src, dst, score = (torch.from_numpy(np.array(e[c])) for c in ("src", "dst", "score"))
             src, dst, score = src.long(), dst.long(), score.float()
             if len(src) and (src.max() >= self.d_sae[i] or dst.max() >= self.d_sae[j] or min(src.min(), dst.min()) < 0):
                 raise ValueError(f"edges {i}->{j} name latents outside the SAEs ({self.d_sae[i]} and {self.d_sae[j]} "
