@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .reader import REPAIR_COMMAND, ActivationStore, ChunkDamaged
 
-_FP16_EXPONENT = np.uint16(0x7C00)  # all exponent bits set: inf or NaN
-_BLOCK_BYTES = 1 << 22  # finite checks in blocks that stay in the cache
+_BLOCK_BYTES = 1 << 21  # finite checks in blocks that stay in the cache
 
 
 @dataclass(frozen=True)
@@ -117,24 +116,27 @@ def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport
     return None
 
 
+_EXPONENT_BITS = {2: ("<u2", 0x7C00), 4: ("<u4", 0x7F800000), 8: ("<u8", 0x7FF0000000000000)}
+"""Per IEEE float width: the unsigned view and the exponent mask (all set: inf or NaN)."""
+
+
 def _nonfinite(rows_u8: np.ndarray, dtype: np.dtype, n_rows: int) -> str | None:
-    """Count NaN/inf in the first ``n_rows`` rows (given as raw bytes, one row per line)."""
-    rows_u8 = rows_u8[:n_rows]
-    block = max(1, _BLOCK_BYTES // max(1, rows_u8.shape[1]))
-    bad_rows: list[int] = []
-    n_bad = 0
-    for i in range(0, n_rows, block):
-        part = np.ascontiguousarray(rows_u8[i:i + block])
-        if np.dtype(dtype) == np.float16:  # bit test: several times faster than np.isfinite on fp16
-            bad = (part.view("<u2") & _FP16_EXPONENT) == _FP16_EXPONENT
-        else:
-            bad = ~np.isfinite(part.view(np.dtype(dtype).newbyteorder("<")))
-        if bad.any():
-            n_bad += int(bad.sum())
-            bad_rows += (np.flatnonzero(bad.any(axis=1))[:3] + i).tolist()
-    if not n_bad:
+    """Count NaN/inf in the first ``n_rows`` rows (given as raw bytes, one row per line).
+
+    A value is NaN/inf when all its exponent bits are set; the max of the masked exponents over a
+    cache-sized block finds that several times faster than ``np.isfinite`` (fp16 has no SIMD path).
+    """
+    view, mask = _EXPONENT_BITS[np.dtype(dtype).itemsize]
+    bits = np.ascontiguousarray(rows_u8[:n_rows]).view(view)  # (n_rows, d): no copy for a memmap
+    flat = bits.reshape(-1)
+    step = _BLOCK_BYTES // bits.itemsize
+    scratch = np.empty(min(step, len(flat)), bits.dtype)
+    if not any(np.bitwise_and(flat[i:i + step], mask, out=scratch[:len(flat[i:i + step])]).max() == mask
+               for i in range(0, len(flat), step)):
         return None
-    return f"holds {n_bad} NaN/inf value(s) (rows of the chunk: {', '.join(map(str, bad_rows[:3]))})"
+    bad = (bits & bits.dtype.type(mask)) == mask
+    rows = np.flatnonzero(bad.any(axis=1))[:3]
+    return f"holds {int(bad.sum())} NaN/inf value(s) (rows of the chunk: {', '.join(map(str, rows))})"
 
 
 def repair_ranges(report: VerifyReport) -> list[tuple[int, int]]:

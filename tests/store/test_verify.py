@@ -186,3 +186,25 @@ def test_repair_by_rank(tmp_path):
         w.close(complete=False)
     assert store_files(path) == ref
     assert ActivationStore.open(path).n_tokens == 6 * CT
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (300, 37), (2000, 700)])
+def test_exponent_bit_check_matches_isfinite(dtype, shape):
+    """The fast NaN/inf check (masked exponent bits, blockwise max) against np.isfinite."""
+    from ghosttrack.store.verify import _nonfinite
+
+    rng = np.random.default_rng(hash((dtype, shape)) % 2**32)
+    for n_bad in (0, 1, 5):
+        x = (rng.standard_normal(shape) * 1e3).astype(dtype)
+        flat = x.reshape(-1)
+        idx = rng.choice(flat.size, size=min(n_bad, flat.size), replace=False)
+        flat[idx] = rng.choice([np.nan, np.inf, -np.inf], size=len(idx))
+        n_rows = rng.integers(1, shape[0] + 1)
+        got = _nonfinite(x.view(np.uint8), x.dtype, n_rows)
+        bad = ~np.isfinite(x[:n_rows])
+        if not bad.any():
+            assert got is None
+        else:
+            rows = ", ".join(map(str, np.flatnonzero(bad.any(axis=1))[:3]))
+            assert got == f"holds {int(bad.sum())} NaN/inf value(s) (rows of the chunk: {rows})"
