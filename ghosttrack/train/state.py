@@ -60,6 +60,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 def check_resumable(saved: dict[str, Any], trainer: "SAETrainer") -> None:
     """GhostTrackError naming every difference between the saved run and the one asked for."""
     where = trainer.out_dir
+    have_world = saved.get("processes", 1)
+    if have_world != trainer.world and not saved["training"].get("finished"):
+        raise GhostTrackError(f"cannot resume {where}: it was trained by {have_world} data-parallel processes and "
+                              f"this run has {trainer.world} (the batch order depends on it); resume with "
+                              f"{have_world} (accelerate launch --num_processes {have_world}), or pass --overwrite")
     have_store, want_store = saved["store"], trainer._store_identity()
     if have_store["d_model"] != want_store["d_model"]:
         raise GhostTrackError(f"cannot resume {where}: it was trained on d_model {have_store['d_model']}, "

@@ -7,6 +7,14 @@ schedule (warm-up, then constant-decay or cosine), renormalise decoder rows (and
 at 0), update firing counts.
 The loop syncs with the host only every `log_every` steps: there it checks that the
 loss stayed finite, logs, and every `checkpoint_every` steps writes trainer_state.pt.
+Every other step is a steady-state step: fetching its batch and the step itself read nothing
+back from the device (no .item(), no data-dependent shapes; tests/train/test_no_host_sync.py).
+The first step of an epoch (the loader uploads the epoch's order; validation precedes it) and
+its last step (validation follows) are not steady-state either.
+Data parallel (accelerate launch / torchrun, W processes): rank r trains on its slice of each
+global batch of W * batch_size rows (the loader reads only that slice), DDP averages the
+gradients, and logs, validation and the input scale are reduced over the ranks, so that W
+processes follow one process with batch W * batch_size. Ctrl-C is agreed at log steps.
 Each epoch ends with a validation pass; the best SAE by validation loss sits in the
 layer directory, the last one in `final/`.
 """
@@ -78,7 +86,7 @@ class SAETrainer:
                                 progress=self.progress)
         self.train_loader = self._loader("train")
         self.val_loader = self._loader("val")
-        self.steps_per_epoch = len(self.train_loader) // self.world
+        self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise GhostTrackError(
                 f"layer {layer} has {self.train_loader.n_rows} training rows after skipping "
@@ -100,7 +108,11 @@ class SAETrainer:
 
     def _loader(self, split: str) -> ActivationLoader:
         return ActivationLoader(self.store, self.layer, self.loader_cfg, split=split, device=self.device,
-                                stats=self.stats, progress=self.progress)
+                                stats=self.stats, progress=self.progress, rank=self.rank, world=self.world)
+
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the data-parallel processes (t itself in a single process)."""
+        return t if self.world == 1 else self.acc.reduce(t, reduction="sum")
 
     # ------------------------------------------------------------------ schedules
     def _lr_factor(self, step: int) -> float:
@@ -121,11 +133,12 @@ class SAETrainer:
         with contextlib.closing(iter(loader)) as batches:
             for x in batches:
                 x = x.double().cpu()
-                n += x.shape[0]
+                n += x.shape[0] * self.world  # every rank's slice of the global batch is as long
                 sum_sq += x.pow(2).sum()
                 sum_x += x.sum(0)
                 if n >= self.cfg.scale_rows:
                     break
+        sum_sq, sum_x = (self._sum_ranks(t.to(self.device)).cpu() for t in (sum_sq, sum_x))
         mean_sq_norm = float(sum_sq) / n
         if not mean_sq_norm > 0:
             raise GhostTrackError(f"layer {self.layer}: the first {n} training rows are all zero; "
@@ -139,6 +152,7 @@ class SAETrainer:
             self.sae.init_from_data_(self.state.data_mean.to(self.device))
             self.state.history = {"layer": self.layer, "sae_config": self.sae_cfg.to_dict(),
                                   "trainer_config": self.cfg.to_dict(), "skipped": self._skipped(),
+                                  "processes": self.world,
                                   "input_scale": self.state.input_scale, "train": [], "val": []}
             return
         check_resumable(resume_state, self)
@@ -187,23 +201,24 @@ class SAETrainer:
     def _run_epoch(self, bar, interrupt, on_step) -> None:
         epoch = self.state.step // self.steps_per_epoch
         self.train_loader.set_epoch(epoch)
-        skip = self.train_loader.state_dict()["batches_done"]
+        stop = False
         with contextlib.closing(iter(self.train_loader)) as batches:
-            for index, x in enumerate(batches, start=skip):
-                if index % self.world != self.rank:
-                    continue
+            for x in batches:
                 self._train_step(x)
                 self.state.step += 1
                 bar.update(1)
                 step = self.state.step
                 epoch_end = step % self.steps_per_epoch == 0 or step == self.total_steps
-                if step % self.cfg.log_every == 0 or step == self.total_steps:
+                log_step = step % self.cfg.log_every == 0 or step == self.total_steps
+                if log_step:
                     self._log(bar)
-                # At an epoch end the checkpoint follows validation, so that a kill during validation
-                # resumes before it and the validation entry and best SAE are never lost.
-                if interrupt.requested or (step % self.cfg.checkpoint_every == 0 and not epoch_end):
+                # One process stops at the next step; several agree at a log step (a collective).
+                stop = interrupt.requested if self.world == 1 else log_step and self._any_rank(interrupt.requested)
+                # At an epoch end the checkpoint follows validation, so that a kill or Ctrl-C during
+                # validation resumes before it and the validation entry and best SAE are never lost.
+                if not epoch_end and (stop or step % self.cfg.checkpoint_every == 0):
                     self._checkpoint()
-                if interrupt.requested:
+                if stop and not epoch_end:
                     raise KeyboardInterrupt(f"layer {self.layer} interrupted at step {step}")
                 if on_step is not None:
                     on_step(step)
@@ -211,6 +226,12 @@ class SAETrainer:
                     break
         self._validate()
         self._checkpoint()
+        if stop:
+            raise KeyboardInterrupt(f"layer {self.layer} interrupted at step {self.state.step}")
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether flag is set on any process (a host sync: log steps only)."""
+        return bool(self._sum_ranks(torch.tensor(float(flag), device=self.device)) > 0)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
@@ -228,7 +249,7 @@ class SAETrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.constrain_()
-        fired_H = out.fired_H if self.world == 1 else self.acc.reduce(out.fired_H, reduction="sum")
+        fired_H = self._sum_ranks(out.fired_H)
         self.tracker.update(fired_H, x_BD.shape[0] * self.world)
         self.window.update(x_BD, out.x_hat_BD, out.l0_B, out.fired_H, mse=out.mse)
         self.window_losses.append(out.loss.detach().float())
@@ -236,7 +257,10 @@ class SAETrainer:
             self.window_terms[name] = self.window_terms.get(name, 0.0) + value.float()
 
     def _window_losses_checked(self) -> list[float]:
-        """The losses since the last log (host sync); GhostTrackError at the first non-finite one."""
+        """The losses since the last log, averaged over the ranks (host sync); GhostTrackError at the
+        first non-finite one (on every rank alike, so that none is left waiting in a collective)."""
+        if self.world > 1 and self.window_losses:  # idempotent: after one reduction all ranks agree
+            self.window_losses = list((self._sum_ranks(torch.stack(self.window_losses)) / self.world).unbind())
         losses = torch.stack(self.window_losses).tolist() if self.window_losses else []
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
@@ -246,6 +270,9 @@ class SAETrainer:
     def _log(self, bar) -> None:
         """Host sync: check the loss, append a history entry, update the progress bar."""
         losses = self._window_losses_checked()
+        if self.world > 1:  # the history describes every rank's rows
+            self.window.reduce_(self._sum_ranks)
+            self.window_terms = {k: self._sum_ranks(v) / self.world for k, v in self.window_terms.items()}
         now, last_step = time.perf_counter(), self._tick[1]
         steps = self.state.step - last_step
         res = self.window.result(self.cfg.dense_threshold)
@@ -285,6 +312,8 @@ class SAETrainer:
             loss_sum += out.loss.double() * x.shape[0]
             stats.update(x, out.x_hat_BD, out.l0_B, out.fired_H)
         self.sae.train()
+        stats.reduce_(self._sum_ranks)  # each rank validated its slice of the held-out rows
+        loss_sum = self._sum_ranks(loss_sum)
         res = stats.result(self.cfg.dense_threshold)
         entry = {"step": self.state.step, "epoch": self.state.step / self.steps_per_epoch,
                  "loss": float(loss_sum) / res["rows"], **res,
@@ -314,9 +343,9 @@ class SAETrainer:
             return
         epoch = self.state.step // self.steps_per_epoch
         loader = {**self.train_loader.state_dict(), "epoch": epoch,
-                  "batches_done": (self.state.step - epoch * self.steps_per_epoch) * self.world}
+                  "batches_done": self.state.step - epoch * self.steps_per_epoch}
         save_trainer_state(self.out_dir / STATE_FILE, {
-            "format": 1, "training": self.state.to_dict(), "sae_config": self.sae_cfg.to_dict(),
+            "format": 1, "processes": self.world, "training": self.state.to_dict(), "sae_config": self.sae_cfg.to_dict(),
             "trainer_config": self.cfg.to_dict(), "store": self._store_identity(),
             "model": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loader": loader, "tracker": self.tracker.state_dict(),

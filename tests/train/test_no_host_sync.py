@@ -1,0 +1,68 @@
+"""A steady-state training step never reads the device back: zero sync-prone calls (.item, int,
+float, bool, tolist, numpy, bincount, nonzero, unique, masked_select, boolean-mask indexing), counted
+in the training thread on the CPU, for every architecture, with the layer resident and streamed.
+
+Steady state (see ghosttrack/train/trainer.py): every step but log steps, the first and last step of
+an epoch, and the last step of the run. The counts at log steps must be non-zero: the recorder
+sees the loop's deliberate syncs, so a zero elsewhere is not a blind spot."""
+import pytest
+import torch
+
+from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig
+from ghosttrack.store.reader import ActivationStore
+from ghosttrack.train.config import TrainerConfig
+from ghosttrack.train.host_syncs import SyncRecorder
+from ghosttrack.train.trainer import SAETrainer
+
+from trainer_data import one_thread, write_store  # noqa: F401 - fixture
+
+D, H, LOG_EVERY = 16, 64, 8
+ARCHS = {"relu": ReluSAEConfig(d_in=D, d_sae=H, l1_coeff=0.3),
+         "jumprelu": JumpReluSAEConfig(d_in=D, d_sae=H, l0_coeff=0.02, bandwidth=0.1, init_threshold=0.1),
+         # dead_tokens of a few batches: AuxK runs with dead latents during the counted steps
+         "topk": TopKSAEConfig(d_in=D, d_sae=H, k=3, aux_k=8, dead_tokens=384)}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("syncs") / "store"
+    write_store(path, layers=(0,), n_tokens=4096)
+    return ActivationStore.open(path)
+
+
+def _syncs_per_step(store, arch, resident, out, plant=None):
+    cfg = TrainerConfig(batch_size=128, epochs=1.5, log_every=LOG_EVERY, checkpoint_every=LOG_EVERY * 2,
+                        device="cpu", device_resident=resident, lr=1e-2)
+    trainer = SAETrainer(store, 0, ARCHS[arch], cfg, out, progress=False)
+    if plant is not None:
+        trainer._train_step = plant(trainer._train_step)
+    per_step = {}
+    with SyncRecorder() as recorder:
+        trainer.run(on_step=lambda step: per_step.__setitem__(step, recorder.take()))
+    spe, total = trainer.steps_per_epoch, trainer.total_steps
+    steady = {s: v for s, v in per_step.items()
+              if s % LOG_EVERY and s % spe not in (0, 1) and s != total}
+    logs = {s: v for s, v in per_step.items() if s % LOG_EVERY == 0}
+    assert len(steady) >= 20 and logs, (spe, total)
+    return steady, logs, trainer
+
+
+@pytest.mark.parametrize("arch,resident", [("relu", "yes"), ("jumprelu", "yes"), ("topk", "yes"), ("topk", "no")])
+def test_steady_state_steps_make_no_sync_prone_call(tmp_path, store, arch, resident):
+    steady, logs, trainer = _syncs_per_step(store, arch, resident, tmp_path)
+    assert {s: v for s, v in steady.items() if v} == {}
+    assert all(logs.values())  # the log steps' deliberate read-backs are seen
+    if arch == "topk":
+        assert trainer.state.history["train"][-1]["auxk"] > 0  # AuxK ran with dead latents
+
+
+def test_a_planted_item_call_in_the_step_is_caught(tmp_path, store):
+    def plant(step):
+        def with_sync(x):
+            step(x)
+            step.__self__.window_losses[-1].item()  # what a careless metric would do
+        return with_sync
+
+    steady, _, _ = _syncs_per_step(store, "relu", "yes", tmp_path, plant=plant)
+    assert steady and all(v == ["aten._local_scalar_dense.default"] for v in steady.values())
