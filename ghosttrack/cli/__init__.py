@@ -27,6 +27,7 @@ class GhostTrackGroup(click.Group):
         "evaluate": "ghosttrack.cli.analysis:evaluate",
         "match": "ghosttrack.cli.tracks:match",
         "track": "ghosttrack.cli.tracks:track",
+        "verify": "ghosttrack.cli.verify:verify",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

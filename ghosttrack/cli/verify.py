@@ -1,0 +1,25 @@
+"""`ghosttrack verify STORE`: re-read every committed chunk and name each damaged one."""
+from __future__ import annotations
+
+import click
+
+from ghosttrack.store.errors import StoreError
+
+
+@click.command()
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def verify(store: str, progress: bool) -> None:
+    """Check every committed chunk of STORE: present, full size, CRC-32C, finite values.
+
+    Prints a summary and exits 0 when the store is healthy; lists every damaged chunk and exits 2
+    otherwise (repair them with ghosttrack extract ... --resume --repair).
+    """
+    from ghosttrack.store.reader import REPAIR_COMMAND
+    from ghosttrack.store.verify import verify_store
+
+    report = verify_store(store, progress=progress)
+    click.echo(report.summary())
+    if not report.healthy:
+        raise StoreError(f"store {store} has {len(report.damaged)} damaged chunk file(s) in chunk(s) "
+                         f"{', '.join(map(str, report.damaged_chunks))}; re-extract them with {REPAIR_COMMAND}")
