@@ -13,6 +13,7 @@ from ghosttrack.store import modes
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic, synthetic_acts, synthetic_rows, write_synthetic_store
+from ghosttrack.store.verify import verify_store
 from ghosttrack.store.writer import StoreWriter
 
 LAYERS, D, CT, CTX = [0, 5], 12, 32, 8
@@ -212,3 +213,23 @@ def test_overwrite_marks_the_store_uncommitted_before_deleting(store_path, monke
     s = ActivationStore.open(store_path)
     assert s.complete and s.n_tokens == N
     np.testing.assert_array_equal(s.read_rows(5, 0, N), synthetic_acts(5, 0, N, D).astype(np.float16))
+
+
+def test_format_1_store_resumes_in_its_own_format(tmp_path, monkeypatch):
+    """An interrupted store of the older format is finished without checksums (its arrays' codecs decide)."""
+    monkeypatch.setattr(fmt, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(fmt, "Crc32cCodec", lambda: ())  # format 1: no crc32c codec
+    kw = dict(layers=LAYERS, d_model=D, target_tokens=N, chunk_tokens=CT,
+              attrs={**SYNTHETIC_ATTRS, "context_length": CTX})
+    with StoreWriter.open(tmp_path / "v1", **kw) as w:
+        append_synthetic(w, 0, 2 * CT + 5, context_length=CTX)
+        w.close(complete=False)
+    monkeypatch.undo()
+    with StoreWriter.open(tmp_path / "v1", mode="resume", **kw) as w:
+        append_synthetic(w, w.next_row, N, context_length=CTX)
+        w.close(complete=True)
+    s = ActivationStore.open(tmp_path / "v1")
+    assert s.attrs["format_version"] == 1 and s.complete
+    assert {chunk(tmp_path / "v1", "layers/0", c).stat().st_size for c in range(s.n_chunks)} == {CT * D * 2}
+    np.testing.assert_array_equal(s.read_rows(0, 0, N), synthetic_acts(0, 0, N, D).astype(np.float16))
+    assert verify_store(tmp_path / "v1").healthy
