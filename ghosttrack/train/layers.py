@@ -121,9 +121,11 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
         sae_cfg, cfg = configs_from_options(options, store.d_model)
     except ValueError as exc:
         raise GhostTrackError(f"bad training option: {exc}") from exc
-    accelerator = make_accelerator(cfg)
     results: dict[int, dict[str, Any] | Exception] = {}
     for layer in wanted:
+        # A fresh Accelerator per layer, emptied after it: one reused across layers would keep every
+        # layer's SAE and Adam state referenced (memory growing with the layers).
+        accelerator = make_accelerator(cfg)
         try:
             results[layer] = train_sae_for_layer(
                 store, layer, sae_cfg, cfg, out, resume=bool(options.get("resume")),
@@ -135,4 +137,9 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
         except Exception as exc:  # noqa: BLE001 - one broken layer must not hide the others' results
             results[layer] = exc
             print(f"layer {layer}: unexpected error:\n{traceback.format_exc()}", file=sys.stderr)
+        finally:
+            accelerator.free_memory()  # drops its references and collects the trainer's cycles
+            del accelerator
+        if isinstance(results.get(layer), Exception):
+            results[layer].__traceback__ = None  # its frames would hold the layer's trainer
     return results
