@@ -9,6 +9,12 @@ and the architecture's own (JumpReLU: a per-latent threshold (H,), kept >= 0).
          = the k largest relu(pre)    (topk; the rest are 0)
     x_hat = acts @ W_dec + b_dec
 
+With `pre_encoder_bias` (a training-time form, as in OpenAI's TopK SAEs and sparsify) the
+encoder sees x - b_dec instead of x. The architectures then get x - b_dec and a zero decoder
+bias (`_CentredView`): their loss ||(x - b_dec) - acts @ W_dec||^2 is exactly ||x - x_hat||^2,
+and b_dec learns through their input, on the reference and the fused path alike. Saving folds
+it into b_enc (b_enc - b_dec @ W_enc), so a saved SAE always has the plain form above.
+
 The architecture-specific parts (activation, extra parameters, sparsity penalty, auxiliary
 loss) live in one module per architecture (relu.py, jumprelu.py, topk.py), found through the
 registry by the config's `architecture`, so the trainer calls the same `training_loss`
@@ -26,13 +32,28 @@ from ghosttrack.sae.config import SAEConfig, architecture
 from ghosttrack.sae.files import read_sae, save_sae
 
 
+class _CentredView:
+    """The SAE as an architecture sees it under a pre-encoder bias (given x - b_dec as its input):
+    every attribute of the SAE, except a decoder bias of zeros."""
+
+    def __init__(self, sae: "SparseAutoencoder"):
+        self._sae = sae
+        self.b_dec = torch.zeros_like(sae.b_dec)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sae, name)
+
+
 class SparseAutoencoder(nn.Module):
     """A sparse autoencoder whose behaviour (activation, losses) comes from `cfg`."""
 
-    def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None, *, init: bool = True):
-        """init=False leaves the weights uninitialised (and the global RNG untouched): for loading."""
+    def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None, *, init: bool = True,
+                 pre_encoder_bias: bool = False):
+        """init=False leaves the weights uninitialised (and the global RNG untouched): for loading.
+        pre_encoder_bias: the encoder sees x - b_dec (module docstring)."""
         super().__init__()
         self.cfg = cfg
+        self.pre_encoder_bias = pre_encoder_bias
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._arch = architecture(cfg.architecture)(cfg)
         D, H = cfg.d_in, cfg.d_sae
@@ -48,7 +69,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x_BD: Tensor) -> Tensor:
         """(B, D) activations -> (B, H) dense latent activations (>= 0)."""
-        return self._arch.encode(self, x_BD)
+        return self._arch.encode(self, x_BD - self.b_dec if self.pre_encoder_bias else x_BD)
 
     def decode(self, acts_BH: Tensor) -> Tensor:
         """(B, H) latent activations -> (B, D) reconstruction."""
@@ -66,7 +87,11 @@ class SparseAutoencoder(nn.Module):
         others ignore it). sparsity_scale multiplies the sparsity / auxiliary coefficients (warm-up).
         fused: use the fused Triton kernel (relu / jumprelu) instead of the reference path.
         """
-        return self._arch.training_loss(self, x_BD, tokens_since_fired_H, sparsity_scale, fused)
+        if not self.pre_encoder_bias:
+            return self._arch.training_loss(self, x_BD, tokens_since_fired_H, sparsity_scale, fused)
+        step = self._arch.training_loss(_CentredView(self), x_BD - self.b_dec, tokens_since_fired_H,
+                                        sparsity_scale, fused)
+        return step._replace(x_hat_BD=step.x_hat_BD + self.b_dec.detach())
 
     # --- constraints, applied after every optimiser step -------------------------------------
     @torch.no_grad()
@@ -92,10 +117,13 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_from_data_(self, mean_D: Tensor) -> None:
-        """b_dec := the data mean, and b_enc := -mean @ W_enc so that the encoder starts on centred
-        inputs (pre = (x - mean) @ W_enc)."""
+        """b_dec := the data mean, and the encoder starts on centred inputs, pre = (x - mean) @ W_enc:
+        b_enc := -mean @ W_enc, or 0 with a pre-encoder bias (which subtracts b_dec itself)."""
         self.b_dec.copy_(mean_D)
-        self.b_enc.copy_(-(mean_D.to(self.W_enc.dtype) @ self.W_enc))
+        if self.pre_encoder_bias:
+            self.b_enc.zero_()
+        else:
+            self.b_enc.copy_(-(mean_D.to(self.W_enc.dtype) @ self.W_enc))
 
     @torch.no_grad()
     def folded(self, input_scale: float) -> "SparseAutoencoder":
@@ -103,11 +131,15 @@ class SparseAutoencoder(nn.Module):
 
         acts' = acts / s, so W_enc' = W_enc, b_enc' = b_enc / s, threshold' = threshold / s,
         W_dec' = W_dec (rows stay unit norm), b_dec' = b_dec / s; then x_hat' = x_hat / s exactly
-        (relu, the jump and the top-k selection all commute with a positive scale).
+        (relu, the jump and the top-k selection all commute with a positive scale). A pre-encoder
+        bias is folded first: (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc).
+        The copy has the plain form (no pre-encoder bias).
         """
         s = float(input_scale)
         out = SparseAutoencoder(self.cfg, {**self.metadata, "input_scale_folded": s}, init=False)
         out.load_state_dict(self.state_dict())
+        if self.pre_encoder_bias:
+            out.b_enc.sub_(out.b_dec.double() @ out.W_enc.double())
         out.b_enc.div_(s)
         out.b_dec.div_(s)
         if "threshold" in out._parameters:
