@@ -33,6 +33,8 @@ class TrainerConfig:
     """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
+    pre_encoder_bias: bool = False
+    """Train with the encoder seeing x - b_dec (OpenAI's TopK SAEs, sparsify); folded into b_enc on save."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999

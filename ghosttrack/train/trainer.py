@@ -95,7 +95,7 @@ class SAETrainer:
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
 
         torch.manual_seed(cfg.seed)
-        self.sae = SparseAutoencoder(sae_cfg).to(self.device)
+        self.sae = SparseAutoencoder(sae_cfg, pre_encoder_bias=cfg.pre_encoder_bias).to(self.device)
         optimizer = make_adam(self.sae.parameters(), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
