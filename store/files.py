@@ -20,6 +20,7 @@ import numpy as np
 from .format import TMP_SUFFIX
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_CRC_BLOCK_BYTES = 1 << 20
 
 
 def is_disk_full(err: OSError, folder: Path | None = None, need: int = 1) -> bool:
@@ -72,9 +73,17 @@ class AtomicFile:
         if not data.flags.c_contiguous:
             raise ValueError("AtomicFile.write needs a C-contiguous array")
         # ndarray.tofile writes in blocks: measurably faster here than one huge file.write().
-        data.tofile(self._f)
-        if self._crc is not None:
-            self._crc = google_crc32c.extend(self._crc, _read_only(data))
+        if self._crc is None:
+            data.tofile(self._f)
+            return
+        # Checksum each block right after writing it, while it is still in the cache: one pass
+        # over memory instead of two (bench/bench_store.py measures what the checksum costs).
+        flat = data.reshape(-1)
+        step = max(1, _CRC_BLOCK_BYTES // max(1, data.itemsize))
+        for i in range(0, len(flat), step):
+            block = flat[i:i + step]
+            block.tofile(self._f)
+            self._crc = google_crc32c.extend(self._crc, _read_only(block))
 
     def commit(self) -> None:
         """Close the file (after its checksum, if any) and move it to its final name."""

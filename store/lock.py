@@ -55,7 +55,8 @@ class StoreLock:
         path, store = Path(path), Path(store)
         host = socket.gethostname()
         for _ in range(10):  # retried only while another process removes the file under us
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # CLOEXEC: a program we start must not inherit (and so prolong) the lock.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -103,8 +104,10 @@ class StoreLock:
         self.release()
 
     def __del__(self) -> None:  # an abandoned writer must not keep its store locked
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            self._fd = None
+            _close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -348,3 +349,19 @@ def test_two_ranks_interrupted_then_resumed(tmp_path, reference):
         w.close(complete=True)
     StoreWriter.finalize(path, 2)
     assert store_files(path) == reference
+
+
+def test_streamed_checksum_equals_the_checksum_of_the_whole_file(tmp_path):
+    """AtomicFile checksums each written block as it goes: the trailer must equal the CRC-32C of all
+    the bytes at once (the plain reference), for pieces smaller and larger than its block."""
+    rng = np.random.default_rng(7)
+    pieces = [b"abc", rng.standard_normal(3 * 2**19 + 7).astype(np.float16), rng.integers(0, 9, 13),
+              rng.integers(0, 255, 2**21 + 1).astype(np.uint8), rng.standard_normal((5, 3)).astype(np.float32)]
+    f = files.AtomicFile(tmp_path / "x", checksum=True)
+    for p in pieces:
+        f.write(p)
+    f.commit()
+    raw = (tmp_path / "x").read_bytes()
+    data = b"".join(p if isinstance(p, bytes) else p.tobytes() for p in pieces)
+    assert raw[:-4] == data
+    assert raw[-4:] == np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
