@@ -8,6 +8,7 @@ to process c % world_size, so every process writes its own chunk-aligned rows.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -20,12 +21,17 @@ from tqdm.auto import tqdm
 
 from ghosttrack.extract.async_writer import AsyncStoreWriter
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
 from ghosttrack.extract.models import LoadedModel
 from ghosttrack.corpus.packing import pack_sequences
 from ghosttrack.store.writer import StoreWriter
 
 MAX_CHUNK_TOKENS = 65_536
+STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+"""--store-dtype: how rows are stored (zarr has no standard bfloat16 data type, so no bf16)."""
+STORE_DTYPE_NAMES = {"fp16": "float16", "fp32": "float32"}
+"""--store-dtype -> the store's `dtype` attribute (numpy's name)."""
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -44,7 +50,9 @@ class ExtractionPlan:
     chunk_tokens: int | None = None
     """Rows per store chunk (a multiple of seq_len); None picks one (>= 32 chunks, <= 65,536 rows)."""
     compute_dtype: str = "fp32"
-    """The model's dtype during the forward pass; stored rows are always float16."""
+    """The model's dtype during the forward pass."""
+    store_dtype: str = "fp16"
+    """The stored rows' dtype: fp16 (half the disk) or fp32 (for activations beyond fp16's +-65504)."""
     extra_attrs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,7 +62,12 @@ class ExtractionPlan:
             raise GhostTrackError(f"--seq-len must be at least 2, got {self.seq_len}")
         if not self.layers:
             raise GhostTrackError("no layers requested; pass --layers, e.g. 0-11, 0,6,11 or all")
-        n_sequences = max(1, self.target_tokens // self.seq_len)
+        if self.store_dtype not in STORE_DTYPES:
+            raise GhostTrackError(f"unknown --store-dtype '{self.store_dtype}'; choose one of {', '.join(STORE_DTYPES)}")
+        if self.target_tokens < self.seq_len:
+            raise GhostTrackError(f"--tokens {self.target_tokens} is less than one sequence of --seq-len {self.seq_len} "
+                                  f"tokens; pass --tokens {self.seq_len} or more")
+        n_sequences = self.target_tokens // self.seq_len
         self.target_tokens = n_sequences * self.seq_len
         if self.chunk_tokens is None:
             per_chunk = min(max(1, MAX_CHUNK_TOKENS // self.seq_len), max(1, n_sequences // 32))
@@ -134,37 +147,62 @@ class HiddenStateExtractor:
         self.extract(ExtractionPlan(layers, num_tokens, seq_len), batch_size=batch_size, mode="resume")
         return [self.out / "layers" / str(layer) for layer in layers]
 
-    def extract(self, plan: ExtractionPlan, *, batch_size: int = 8, mode: str = "create", progress: bool = True) -> Path:
-        """Run the extraction; returns the store path. KeyboardInterrupt leaves the store at its last commit."""
+    def extract(self, plan: ExtractionPlan, *, batch_size: int = 8, mode: str = "create", progress: bool = True,
+                stop: StopRequest | None = None, break_lock: bool = False) -> Path:
+        """Run the extraction; returns the store path.
+
+        Ctrl-C / SIGTERM (or `stop.request()`) stop it between batches with `Interrupted`, the store
+        at its last commit. A corpus without a single sequence fails before any store is created.
+        `break_lock` takes over a lock another host recorded (see store/lock.py).
+        """
+        with stop or StopRequest() as stop:
+            return self._extract(plan, batch_size, mode, progress, stop, break_lock)
+
+    def _extract(self, plan: ExtractionPlan, batch_size: int, mode: str, progress: bool, stop: StopRequest,
+                 break_lock: bool) -> Path:
         check_layers(plan.layers, self.loaded.n_layers)
         if batch_size < 1:
             raise GhostTrackError(f"--batch-size must be at least 1, got {batch_size}")
         rank, world_size = self._process_layout()
         attrs = store_attrs(self.loaded, plan, self.corpus.describe())
+        sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
+        first = next(sequences, None)
+        if first is None:
+            raise GhostTrackError(f"corpus {getattr(self.corpus, 'name', '')} gave too little text for even one sequence of "
+                                  f"{plan.seq_len} tokens; pass a bigger --corpus, a lower --min-chars or a smaller --seq-len")
+        sequences = itertools.chain([first], sequences)
+
         def open_writer() -> StoreWriter:
             return StoreWriter.open(
                 self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
                 chunk_tokens=plan.chunk_tokens, attrs=attrs, mode=mode, rank=rank, world_size=world_size,
+                dtype=STORE_DTYPE_NAMES[plan.store_dtype], break_lock=break_lock,
             )
 
         # Rank 0 creates (or checks) the store before the other ranks open their part of it.
         if rank == 0:
             writer = open_writer()
-            self._save_tokenizer()
+            try:
+                self._save_tokenizer()
+            except BaseException:
+                writer.close(complete=False)
+                raise
         self._wait_for_everyone(world_size)
         if rank != 0:
             writer = open_writer()
         committed = writer.committed_tokens
         own_target = writer.capacity
-        sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
         owned = _owned_sequences(sequences, plan, rank, world_size, committed)
         bar = tqdm(total=own_target, initial=min(committed, own_target), unit="tok", unit_scale=True,
                    desc=f"extract {len(plan.layers)} layer(s)", disable=not progress, dynamic_ncols=True)
-        sink = AsyncStoreWriter(writer, pinned=self.loaded.device.type == "cuda")
         written = committed
         complete = False
+        sink = AsyncStoreWriter(writer, pinned=self.loaded.device.type == "cuda", should_stop=lambda: stop.requested,
+                                check_batch=lambda counts: check_finite(counts, plan))
         try:
             for batch in _batched(owned, batch_size):
+                if stop.requested:
+                    raise Interrupted(stop.signal_name)
                 self._forward_batch(batch, plan, sink)
                 rows = len(batch) * plan.seq_len
                 written += rows
@@ -180,6 +218,56 @@ class HiddenStateExtractor:
             StoreWriter.finalize(self.out, world_size)
         return self.out
 
+    def repair(self, plan: ExtractionPlan, chunks: list[int], *, batch_size: int = 8, progress: bool = True) -> int:
+        """Re-extract committed `chunks` of the store (as `verify_store` lists them) and rewrite them in place.
+
+        Extraction is deterministic: the chunk's sequences are run in the same batches as an
+        uninterrupted run made them (batch b holds sequences b*batch_size ...), so the rewritten
+        files are byte-identical to undamaged ones. Returns the number of chunks rewritten.
+        """
+        check_layers(plan.layers, self.loaded.n_layers)
+        if self._process_layout()[1] > 1:
+            raise GhostTrackError("--repair runs in one process; start it without accelerate launch")
+        writer = StoreWriter.open(
+            self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
+            chunk_tokens=plan.chunk_tokens, attrs=store_attrs(self.loaded, plan, self.corpus.describe()),
+            mode="resume", dtype=STORE_DTYPE_NAMES[plan.store_dtype],
+        )
+        spc, committed = plan.sequences_per_chunk, writer.committed_tokens
+        n_total = committed // plan.seq_len
+        try:
+            pending = set(chunks)
+            outside = sorted(c for c in pending if not 0 <= c * spc < n_total)
+            if outside:
+                raise GhostTrackError(f"chunk(s) {outside} are not committed in {self.out}; only committed chunks "
+                                      "are repaired")
+            # The batches of an uninterrupted run that hold any sequence of a chunk to repair.
+            needed = {s // batch_size for c in pending for s in range(c * spc, min((c + 1) * spc, n_total))}
+            last_sequence = {c: min((c + 1) * spc, n_total) - 1 for c in pending}
+            sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
+            batches = _batched(enumerate(itertools.islice(sequences, n_total)), batch_size)
+            rows: dict[int, _Collected] = {}
+            for index, batch in enumerate(tqdm(batches, total=max(needed) + 1 if needed else 0, desc="repair",
+                                               unit="batch", disable=not progress)):
+                if index in needed:
+                    collect = _Collected()
+                    self._forward_batch(batch, plan, collect)
+                    check_finite(collect.counts, plan)
+                    for c in {seq // spc for seq, _ in batch} & pending:
+                        rows[c] = rows.get(c, _Collected()).extend(collect.rows_of(c, spc))
+                for c in [c for c in rows if last_sequence[c] <= batch[-1][0]]:
+                    part = rows.pop(c)
+                    writer.rewrite_chunk(c, part.acts, part.tokens, part.positions, part.sequence_ids)
+                    pending.discard(c)
+                if not pending:
+                    break
+            if pending:
+                raise GhostTrackError(f"the corpus ran out before chunk(s) {sorted(pending)} of {self.out}: it is not "
+                                      "the corpus the store was extracted from; pass the original --corpus")
+        finally:
+            writer.close(complete=False)
+        return len(set(chunks))
+
     def _save_tokenizer(self) -> None:
         """Interpretation rebuilds contexts from token ids without the model: keep the tokenizer beside them."""
         final = self.out / TOKENIZER_DIR
@@ -187,8 +275,15 @@ class HiddenStateExtractor:
             return
         partial = self.out / (TOKENIZER_DIR + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        self.loaded.tokenizer.save_pretrained(partial)
-        partial.rename(final)  # atomic: a killed run never leaves half a tokenizer
+        try:
+            self.loaded.tokenizer.save_pretrained(partial)
+            partial.rename(final)  # atomic: a killed run never leaves half a tokenizer
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            full = exc.errno == errno.ENOSPC or shutil.disk_usage(self.out).free < (1 << 20)
+            why = "disk full" if full else (exc.strerror or str(exc))
+            raise GhostTrackError(f"{why} while saving the tokenizer into {final}; "
+                                  f"{'free space' if full else 'fix that'} and rerun with --resume") from exc
 
     def _wait_for_everyone(self, world_size: int) -> None:
         if world_size > 1:
@@ -204,10 +299,16 @@ class HiddenStateExtractor:
         seq_index = np.array([index for index, _ in batch], dtype=np.int64)
         ids_BT = np.stack([ids for _, ids in batch]).astype(np.int32)
         captured: dict[int, torch.Tensor] = {}
+        nonfinite: dict[int, torch.Tensor] = {}
+        store_dtype = STORE_DTYPES[plan.store_dtype]
 
         def keep(layer: int, hidden_BTD: torch.Tensor) -> None:
-            # Cast on the device: half the bytes cross the bus.
-            captured[layer] = hidden_BTD.reshape(-1, hidden_BTD.shape[-1]).to(torch.float16)
+            # Cast on the device (fp16: half the bytes cross the bus); count values that are not
+            # finite before and after the cast there too, without a host sync.
+            hidden_ND = hidden_BTD.reshape(-1, hidden_BTD.shape[-1])
+            captured[layer] = hidden_ND.to(store_dtype)
+            nonfinite[layer] = torch.stack([(~torch.isfinite(hidden_ND)).sum(),
+                                            (~torch.isfinite(captured[layer])).sum()])
 
         input_ids = torch.from_numpy(ids_BT).to(self.loaded.device, dtype=torch.long, non_blocking=True)
         with capture_residuals(self.loaded.model, plan.layers, plan.hook, keep):
@@ -218,7 +319,55 @@ class HiddenStateExtractor:
             tokens=ids_BT.reshape(-1),
             positions=np.tile(np.arange(T, dtype=np.int32), B),
             sequence_ids=np.repeat(seq_index, T),
+            counts=torch.stack([nonfinite[layer] for layer in plan.layers]),
         )
+
+
+class _Collected:
+    """Stands in for the writer thread during a repair: keeps each batch's host rows."""
+
+    def __init__(self):
+        self.acts: dict[int, np.ndarray] = {}
+        self.tokens = self.positions = self.sequence_ids = None
+        self.counts = None
+
+    def submit(self, acts, *, tokens, positions, sequence_ids, counts) -> None:
+        self.acts = {layer: a.cpu().numpy() for layer, a in acts.items()}
+        self.tokens, self.positions, self.sequence_ids = tokens, positions, sequence_ids
+        self.counts = counts.cpu().numpy()
+
+    def rows_of(self, c: int, sequences_per_chunk: int) -> "_Collected":
+        """The rows of this batch that belong to chunk c."""
+        keep = self.sequence_ids // sequences_per_chunk == c
+        part = _Collected()
+        part.acts = {layer: a[keep] for layer, a in self.acts.items()}
+        part.tokens, part.positions, part.sequence_ids = self.tokens[keep], self.positions[keep], self.sequence_ids[keep]
+        return part
+
+    def extend(self, other: "_Collected") -> "_Collected":
+        if self.tokens is None:
+            return other
+        self.acts = {layer: np.concatenate([a, other.acts[layer]]) for layer, a in self.acts.items()}
+        self.tokens = np.concatenate([self.tokens, other.tokens])
+        self.positions = np.concatenate([self.positions, other.positions])
+        self.sequence_ids = np.concatenate([self.sequence_ids, other.sequence_ids])
+        return self
+
+
+def check_finite(counts_L2: np.ndarray, plan: ExtractionPlan) -> None:
+    """Refuse a batch whose activations are not finite: per layer, counts_L2 holds the NaN/inf values
+    in the model's output and in the rows cast to the store's dtype (overflow)."""
+    for layer, (from_model, after_cast) in zip(plan.layers, counts_L2.tolist()):
+        if from_model:
+            raise GhostTrackError(
+                f"the model produced {from_model:,} NaN/inf activation values at layer {layer}; the store keeps its "
+                f"last commit; rerun with --dtype fp32 (a {plan.compute_dtype} forward can overflow)")
+        if after_cast:
+            limit = float(torch.finfo(STORE_DTYPES[plan.store_dtype]).max)
+            raise GhostTrackError(
+                f"{after_cast:,} activation values of layer {layer} exceed {plan.store_dtype}'s range (+-{limit:.6g}) "
+                f"and would be stored as inf; the store keeps its last commit; re-extract with --store-dtype fp32 "
+                f"--overwrite (or into another --out)")
 
 
 def plan_to_dict(plan: ExtractionPlan) -> dict:

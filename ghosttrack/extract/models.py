@@ -52,21 +52,26 @@ def _source(model: str, gguf: str | None) -> tuple[str, dict]:
     return model, {}
 
 
-def load_model(
-    model: str = "gpt2",
-    *,
-    gguf: str | None = None,
-    dtype: str = "fp32",
-    device: str | torch.device = "cpu",
-    revision: str | None = None,
-    causal_lm: bool = True,
-) -> LoadedModel:
-    """Load `model` (hub id, local directory or .gguf file) and its tokenizer.
+@dataclass
+class ModelSpec:
+    """What a model's config and tokenizer say, read without its weights (cheap checks use it)."""
 
-    `causal_lm=False` loads the bare transformer (no LM head), which is all extraction needs.
-    BERT-style encoders always load as the bare model.
-    """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    source: str
+    extra: dict
+    config: object
+    tokenizer: object
+    name: str
+    revision: str | None
+    n_layers: int
+    d_model: int
+    context_length: int | None
+    is_causal: bool
+
+
+def read_model_spec(model: str = "gpt2", *, gguf: str | None = None, revision: str | None = None) -> ModelSpec:
+    """Config and tokenizer of `model` (hub id, local directory or .gguf file): config.json, or the
+    GGUF file's metadata; no weights are read."""
+    from transformers import AutoConfig, AutoTokenizer
 
     source, extra = _source(model, gguf)
     if revision:
@@ -86,21 +91,48 @@ def load_model(
     is_causal = bool(getattr(config, "is_decoder", False)) or any(
         arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in (config.architectures or [])
     ) or config.model_type in ("gpt2", "llama", "gpt_neox", "mistral", "qwen2", "gptj", "phi3", "gemma")
-    loader = AutoModelForCausalLM if (causal_lm and is_causal) else AutoModel
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d_model = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd")
+    context = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+    n_layers = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer", None)
+    return ModelSpec(
+        source=source, extra=extra, config=config, tokenizer=tokenizer,
+        name=str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else model,
+        revision=revision or getattr(config, "_commit_hash", None),
+        n_layers=int(n_layers) if n_layers else 0, d_model=int(d_model),
+        context_length=int(context) if context else None, is_causal=is_causal,
+    )
+
+
+def load_model(
+    model: str | ModelSpec = "gpt2",
+    *,
+    gguf: str | None = None,
+    dtype: str = "fp32",
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    causal_lm: bool = True,
+) -> LoadedModel:
+    """Load `model` (hub id, local directory, .gguf file, or a ModelSpec already read) and its tokenizer.
+
+    `causal_lm=False` loads the bare transformer (no LM head), which is all extraction needs.
+    BERT-style encoders always load as the bare model.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    spec = model if isinstance(model, ModelSpec) else read_model_spec(model, gguf=gguf, revision=revision)
+    loader = AutoModelForCausalLM if (causal_lm and spec.is_causal) else AutoModel
     torch_dtype = resolve_dtype(dtype)
-    net = loader.from_pretrained(source, dtype=torch_dtype, **extra)
+    net = loader.from_pretrained(spec.source, dtype=torch_dtype, **spec.extra)
     net.to(device).eval()
     net.requires_grad_(False)
-    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    name = str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else model
     return LoadedModel(
         model=net,
-        tokenizer=tokenizer,
-        name=name,
-        revision=revision or getattr(config, "_commit_hash", None),
+        tokenizer=spec.tokenizer,
+        name=spec.name,
+        revision=spec.revision,
         n_layers=len(find_blocks(net)),
-        d_model=int(d_model),
-        context_length=int(context) if context else None,
-        is_causal=is_causal,
+        d_model=spec.d_model,
+        context_length=spec.context_length,
+        is_causal=spec.is_causal,
     )

@@ -3,12 +3,11 @@ availability, and a Ctrl-C that stops at a step boundary instead of mid-update."
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interrupts import StopRequest
 from ghosttrack.sae.config import SAEConfig
 from ghosttrack.train.config import TrainerConfig
 
@@ -57,23 +56,5 @@ def check_fused(sae_cfg: SAEConfig) -> None:
         raise GhostTrackError(fused.UNAVAILABLE)
 
 
-class GracefulInterrupt:
-    """Turns the first Ctrl-C into a flag the loop checks after each step; a second one raises."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+# Ctrl-C or SIGTERM stops at a step boundary (after a checkpoint); a second one raises at once.
+GracefulInterrupt = StopRequest
