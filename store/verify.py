@@ -107,11 +107,22 @@ def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport
         return f"cannot be read ({f}: {e.strerror})"
     report.bytes_read += len(raw)
     data = raw[: fmt.chunk_nbytes(array)]
-    if fmt.has_checksum(array):
-        stored = int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0])
-        if google_crc32c.value(data) != stored:
-            return f"fails its CRC-32C checksum (its bytes changed after they were written; {f})"
-    if array.dtype.kind == "f":
+    checksum = fmt.has_checksum(array)
+    is_float = array.dtype.kind == "f"
+    # One pass over the file, block by block: the checksum and the finite test read each block
+    # while it is in the cache.
+    committed = (stop - start) * (len(data) // store.chunk_tokens)
+    exponent = _Exponent(array.dtype) if is_float else None
+    crc, nonfinite = 0, False
+    for i in range(0, len(data), _BLOCK_BYTES):
+        block = data[i:i + _BLOCK_BYTES]
+        if checksum:
+            crc = google_crc32c.extend(crc, block)
+        if exponent is not None and not nonfinite and i < committed:
+            nonfinite = exponent.any_all_set(block[:committed - i])
+    if checksum and crc != int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0]):
+        return f"fails its CRC-32C checksum (its bytes changed after they were written; {f})"
+    if nonfinite:
         return _nonfinite(data.reshape(store.chunk_tokens, -1), array.dtype, stop - start)
     return None
 
@@ -120,21 +131,35 @@ _EXPONENT_BITS = {2: ("<u2", 0x7C00), 4: ("<u4", 0x7F800000), 8: ("<u8", 0x7FF00
 """Per IEEE float width: the unsigned view and the exponent mask (all set: inf or NaN)."""
 
 
-def _nonfinite(rows_u8: np.ndarray, dtype: np.dtype, n_rows: int) -> str | None:
-    """Count NaN/inf in the first ``n_rows`` rows (given as raw bytes, one row per line).
+class _Exponent:
+    """Finds NaN/inf in raw float bytes: a value is NaN/inf when all its exponent bits are set, and
+    the max of the masked exponents over a cache-sized block tells that several times faster than
+    ``np.isfinite`` (which has no SIMD path for fp16)."""
 
-    A value is NaN/inf when all its exponent bits are set; the max of the masked exponents over a
-    cache-sized block finds that several times faster than ``np.isfinite`` (fp16 has no SIMD path).
-    """
-    view, mask = _EXPONENT_BITS[np.dtype(dtype).itemsize]
-    bits = np.ascontiguousarray(rows_u8[:n_rows]).view(view)  # (n_rows, d): no copy for a memmap
-    flat = bits.reshape(-1)
-    step = _BLOCK_BYTES // bits.itemsize
-    scratch = np.empty(min(step, len(flat)), bits.dtype)
-    if not any(np.bitwise_and(flat[i:i + step], mask, out=scratch[:len(flat[i:i + step])]).max() == mask
-               for i in range(0, len(flat), step)):
+    def __init__(self, dtype: np.dtype):
+        view, self.mask = _EXPONENT_BITS[np.dtype(dtype).itemsize]
+        self.view = np.dtype(view)
+        self._scratch = np.empty(_BLOCK_BYTES // self.view.itemsize, self.view)
+
+    def any_all_set(self, raw: np.ndarray) -> bool:
+        """True when any value in the raw bytes ``raw`` (1-D uint8, a whole number of values) is NaN/inf."""
+        bits = raw.view(self.view)
+        step = len(self._scratch)
+        for i in range(0, len(bits), step):
+            part = bits[i:i + step]
+            if np.bitwise_and(part, self.mask, out=self._scratch[:len(part)]).max() == self.mask:
+                return True
+        return False
+
+
+def _nonfinite(rows_u8: np.ndarray, dtype: np.dtype, n_rows: int) -> str | None:
+    """Count NaN/inf in the first ``n_rows`` rows (given as raw bytes, one row per line)."""
+    rows_u8 = np.ascontiguousarray(rows_u8[:n_rows])
+    exponent = _Exponent(dtype)
+    if not len(rows_u8) or not exponent.any_all_set(rows_u8.reshape(-1)):
         return None
-    bad = (bits & bits.dtype.type(mask)) == mask
+    bits = rows_u8.view(exponent.view)
+    bad = (bits & bits.dtype.type(exponent.mask)) == exponent.mask
     rows = np.flatnonzero(bad.any(axis=1))[:3]
     return f"holds {int(bad.sum())} NaN/inf value(s) (rows of the chunk: {', '.join(map(str, rows))})"
 

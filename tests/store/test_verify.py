@@ -208,3 +208,17 @@ def test_exponent_bit_check_matches_isfinite(dtype, shape):
         else:
             rows = ", ".join(map(str, np.flatnonzero(bad.any(axis=1))[:3]))
             assert got == f"holds {int(bad.sum())} NaN/inf value(s) (rows of the chunk: {rows})"
+
+
+def test_nan_in_a_late_block_of_a_large_chunk(tmp_path):
+    """Chunks larger than verify's block: a NaN in the last committed row is found, one in the padding
+    past the commit is not (those bytes are not data)."""
+    d, ct, n = 1024, 1536, 1536 + 1000  # a layer chunk is 3 MiB; the last chunk holds 1000 committed rows
+    path = write_synthetic_store(tmp_path / "big", layers=[0], d_model=d, n_tokens=n, chunk_tokens=ct)
+    f = chunk(path, "layers/0", 1)
+    put_value(f, 1200 * d + 5, np.nan, "<f2")  # padding row 1200 > 1000 committed
+    assert verify_store(path).healthy
+    put_value(f, 999 * d + d - 1, -np.inf, "<f2")
+    put_value(chunk(path, "layers/0", 0), ct * d - 1, np.nan, "<f2")  # the very last value of a full chunk
+    assert verify_store(path).damaged == [Damage("layers/0", 0, "holds 1 NaN/inf value(s) (rows of the chunk: 1535)"),
+                                          Damage("layers/0", 1, "holds 1 NaN/inf value(s) (rows of the chunk: 999)")]
