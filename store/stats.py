@@ -37,7 +37,8 @@ class LayerStats:
     skip_flagged: bool
     max_norm_ratio: float | None
     median_norm: float
-    """Median L2 norm of the finite, unflagged rows (0.0 when there are none)."""
+    """Median L2 norm of the finite, unflagged rows of the chunks the median was taken over (0.0 when
+    there are none), or the median the caller gave."""
     n_rows: int
     """Committed rows scanned."""
     n_flagged_skipped: int
@@ -69,8 +70,13 @@ class LayerStats:
 
 def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
                max_norm_ratio: float | None = 3.0, skip_positions: tuple[int, ...] = (),
-               allow_nonfinite: bool = False, progress: bool = True) -> LayerStats:
+               allow_nonfinite: bool = False, progress: bool = True, median_chunks=None,
+               median_norm: float | None = None) -> LayerStats:
     """Read every committed chunk of ``layer`` once and decide which rows training keeps.
+
+    The median norm comes from the usable rows of ``median_chunks`` only (training passes its
+    training chunks, so that held-out rows never shape the rule; None: every chunk), or is given
+    as ``median_norm`` (the rule an SAE was trained with, applied to other rows).
 
     Raises StoreError if any row holds NaN/inf, unless ``allow_nonfinite`` (diagnostics only):
     then they are counted and left out.
@@ -97,12 +103,21 @@ def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
                          f"{', '.join(map(str, where))}, chunks {', '.join(map(str, chunks))}) in store "
                          f"{store.path}; re-extract with --overwrite")
     usable = ~flag & ~by_position & ~bad
-    median = float(np.median(norm[usable])) if usable.any() else 0.0
+    bounds = np.cumsum([0] + rows)
+    in_median = usable
+    if median_chunks is not None:
+        chosen = np.zeros(len(norm), bool)
+        for c in median_chunks:
+            chosen[bounds[c]:bounds[c + 1]] = True
+        in_median = usable & chosen
+    if median_norm is not None:
+        median = float(median_norm)
+    else:
+        median = float(np.median(norm[in_median])) if in_median.any() else 0.0
     outlier = np.zeros_like(usable)
     if max_norm_ratio is not None and usable.any():
         outlier = usable & (norm > max_norm_ratio * median)
     keep = usable & ~outlier
-    bounds = np.cumsum([0] + rows)
     return LayerStats(
         layer=layer, skip_flagged=skip_flagged, max_norm_ratio=max_norm_ratio, median_norm=median,
         n_rows=len(norm), n_flagged_skipped=int((flag & ~bad).sum()),

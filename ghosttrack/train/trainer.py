@@ -35,7 +35,7 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.metrics import FiringTracker, ReconstructionStats
 from ghosttrack.sae.module import SparseAutoencoder
 from ghosttrack.sae.config import SAEConfig
-from ghosttrack.store.loader import ActivationLoader, LoaderConfig
+from ghosttrack.store.loader import ActivationLoader, LoaderConfig, split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
 from ghosttrack.train.config import TrainerConfig
@@ -82,8 +82,10 @@ class SAETrainer:
         self.loader_cfg = LoaderConfig(batch_size=cfg.batch_size, buffer_batches=cfg.buffer_batches,
                                        val_fraction=cfg.val_fraction, seed=cfg.seed, skip_flagged=cfg.skip_flagged,
                                        max_norm_ratio=cfg.max_norm_ratio, device_resident=resident)
+        # The outlier rule's median comes from the training chunks: held-out rows never shape training.
+        train_chunks, _ = split_chunks(store.n_chunks, cfg.val_fraction, cfg.seed)
         self.stats = scan_layer(store, layer, skip_flagged=cfg.skip_flagged, max_norm_ratio=cfg.max_norm_ratio,
-                                progress=self.progress)
+                                progress=self.progress, median_chunks=train_chunks)
         self.train_loader = self._loader("train")
         self.val_loader = self._loader("val")
         self.steps_per_epoch = len(self.train_loader)
