@@ -1,4 +1,5 @@
-"""Data-parallel training: two CPU processes (gloo) under torchrun, through accelerate's Accelerator."""
+"""Data-parallel training under `accelerate launch` with two CPU processes (gloo): Ctrl-C on one
+rank stops both at the same log step; the resumed run equals one process with twice the batch."""
 import json
 import os
 import shutil
@@ -7,26 +8,66 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
 
-from trainer_data import write_store
+from ghosttrack.cli import main
+from ghosttrack.sae.files import STATE_FILE
+
+from trainer_data import one_thread, write_store  # noqa: F401 - fixture
+
+ARGS = ["--layers", "0,1", "--arch", "relu", "--l1", "0.3", "--d-hidden", "32", "--epochs", "1", "--device", "cpu",
+        "--log-every", "4", "--checkpoint-every", "8", "--lr", "0.01"]
+DRIVER = Path(__file__).with_name("ddp_interrupt.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    if not Path(accelerate).exists():
+        pytest.skip("accelerate's launcher is not installed")
+    # --multi_gpu selects torchrun's launcher; the trainer's Accelerator(cpu=True) then runs gloo.
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
-def test_two_process_data_parallel_run_splits_the_batches(tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    if not Path(torchrun).exists():
-        pytest.skip("torchrun not installed")
-    write_store(tmp_path / "store", n_tokens=4096, layers=(0,))
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "ghosttrack.cli", "train", "--store", str(tmp_path / "store"),
-           "--layer", "0", "--arch", "relu", "--l1", "0.3", "--d-hidden", "32", "--epochs", "1", "--batch-size", "128",
-           "--device", "cpu", "--log-every", "2", "--out", str(tmp_path / "sae")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+@pytest.mark.usefixtures("one_thread")
+def test_two_processes_stop_together_resume_and_equal_one_process_with_twice_the_batch(tmp_path):
+    store = tmp_path / "store"
+    write_store(store, n_tokens=4096, layers=(0, 1))
+    out = tmp_path / "two"
+    train = ["train", "--store", str(store), *ARGS, "--batch-size", "128", "--out", str(out)]
+
+    # Rank 1 alone gets Ctrl-C after step 3; both ranks stop at the log step 4, after a checkpoint.
+    cut = _launch(str(DRIVER), "3", *train)
+    assert cut.returncode != 0 and cut.stderr.count("layer 0 interrupted at step 4)") == 2, cut.stderr[-3000:]
+    saved = torch.load(out / "layer_0" / STATE_FILE, weights_only=False)
+    assert saved["training"]["step"] == 4 and saved["processes"] == 2
+    assert not (out / "layer_1").exists()
+
+    done = _launch("-m", "ghosttrack.cli", *train, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    history = json.loads((tmp_path / "sae" / "layer_0" / "history.json").read_text())
-    summary = history["summary"]
-    train_rows = history["skipped"]["train_rows"]
-    # Each step takes one batch per process: half the steps of a single process, same tokens.
-    assert summary["steps"] == (train_rows // 128) // 2
-    assert summary["tokens"] == summary["steps"] * 128 * 2
-    assert (tmp_path / "sae" / "layer_0" / "final" / "sae_weights.safetensors").is_file()
+
+    # One process, batch 256: the same rows per step, so the same SAEs (up to summation order).
+    one = tmp_path / "one"
+    result = CliRunner().invoke(main, ["train", "--store", str(store), *ARGS, "--batch-size", "256", "--out", str(one)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for layer in (0, 1):
+        h1 = json.loads((one / f"layer_{layer}" / "history.json").read_text())
+        h2 = json.loads((out / f"layer_{layer}" / "history.json").read_text())
+        assert h2["processes"] == 2 and h1["processes"] == 1
+        for key in ("steps", "tokens"):
+            assert h2["summary"][key] == h1["summary"][key]
+        assert h2["summary"]["steps"] == h2["skipped"]["train_rows"] // 256  # each step takes 2 x 128 rows
+        for split in ("train", "val"):  # logs and validation are reduced over both ranks' rows
+            for e1, e2 in zip(h1[split], h2[split], strict=True):
+                for key in ("loss", "fvu", "l0"):
+                    assert e2[key] == pytest.approx(e1[key], rel=1e-5), (layer, split, key)
+        for name in ("sae_weights.safetensors", "final/sae_weights.safetensors"):
+            a, b = load_file(str(one / f"layer_{layer}" / name)), load_file(str(out / f"layer_{layer}" / name))
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{layer} {name} {key}")
