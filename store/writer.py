@@ -111,10 +111,12 @@ class StoreWriter:
         try:
             if rank > 0:
                 return cls._open_rank(path, identity, rank, world_size, break_lock)
-            stored, occupied = prepare(path, identity, mode)
+            prepare(path, identity, mode)  # refuse before the lock file is put into the folder
             path.mkdir(parents=True, exist_ok=True)
             lock = StoreLock.acquire(path / _lock_name(rank, world_size), path, break_lock=break_lock)
             try:
+                # Again under the lock: another writer may have changed the folder in between.
+                stored, occupied = prepare(path, identity, mode)
                 if stored is not None:
                     return cls._resume(path, stored, lock, world_size)
                 if occupied:  # only a GhostTrack store (maybe damaged) gets here
@@ -127,9 +129,11 @@ class StoreWriter:
                 lock.release()
                 raise
         except OSError as e:
-            what = "disk full" if is_disk_full(e, path, DISK_MARGIN) else (e.strerror or str(e))
+            full = is_disk_full(e, path, DISK_MARGIN)
+            what = "disk full" if full else (e.strerror or str(e))
             raise StoreError(f"cannot open store {path} for writing: {what}"
-                             f"{f' ({e.filename})' if e.filename else ''}; fix that and rerun") from e
+                             f"{f' ({e.filename})' if e.filename else ''}; "
+                             f"{'free space' if full else 'fix that'} and rerun") from e
 
     @classmethod
     def _resume(cls, path: Path, stored: dict, lock: StoreLock, world_size: int) -> "StoreWriter":

@@ -11,6 +11,7 @@ import pytest
 
 from ghosttrack.store import format as fmt
 from ghosttrack.store import lock as lock_mod
+from ghosttrack.store import writer as writer_mod
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.lock import StoreLock, break_lock, read_holder
 from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic
@@ -168,3 +169,23 @@ def test_lock_file_replaced_under_a_waiter_is_retried(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(calls) == 2 and path.exists() and lock_mod._same_file(lock._fd, path)
     lock.release()
+
+
+def test_store_state_is_checked_again_under_the_lock(tmp_path, monkeypatch):
+    """Two `create` runs started together: the one that gets the lock second must see the store the
+    first one made, not the empty folder it saw before locking."""
+    real_prepare = writer_mod.prepare
+    calls = []
+
+    def prepare_then_race(path, identity, mode):
+        out = real_prepare(path, identity, mode)
+        calls.append(mode)
+        if len(calls) == 1:  # between our first look and our lock, another run creates the store
+            with open_writer(path) as other:
+                other.close(complete=True)
+        return out
+
+    monkeypatch.setattr(writer_mod, "prepare", prepare_then_race)
+    with pytest.raises(StoreError, match="store already exists"):
+        open_writer(tmp_path / "s")
+    assert not list((tmp_path / "s").glob(".lock*"))
