@@ -41,12 +41,13 @@ def match(sae_dir: str, out: str, store: str | None, top: int, device: str | Non
     summary = run_matching(sae_dir, out, store_path=store, top=top, device=device or _default_device(),
                            blocks=BlockSizes(src_block, dst_block))
     for pair in summary["pairs"]:
+        head = f"layer {pair['src_layer']} -> {pair['dst_layer']}: {pair['edges']:,} edges"
+        if "rows" in pair:
+            head += f" over {pair['rows']:,} held-out rows"
         p10, p50, p90 = pair["best_score_p10_p50_p90"]
-        rows = f" over {pair['rows']:,} held-out rows" if "rows" in pair else ""
-        click.echo(f"layer {pair['src_layer']} -> {pair['dst_layer']}: {pair['edges']:,} edges{rows}; best score "
-                   f"p10/p50/p90 {p10:.3f}/{p50:.3f}/{p90:.3f}; {pair['sources_without_edges']:,} latents "
-                   f"without a candidate ({pair['seconds']:.1f} s)" if p50 is not None else
-                   f"layer {pair['src_layer']} -> {pair['dst_layer']}: no edges{rows}")
+        if p50 is not None:
+            head += f"; best score p10/p50/p90 {p10:.3f}/{p50:.3f}/{p90:.3f}"
+        click.echo(f"{head}; {pair['sources_without_edges']:,} latents without a candidate ({pair['seconds']:.1f} s)")
     click.echo(f"edges: {Path(out)}/layer_<i>_to_<j>.parquet; summary: {Path(out) / 'summary.json'}")
 
 

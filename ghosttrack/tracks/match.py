@@ -53,10 +53,10 @@ def fold_sae_(sae) -> None:
         sae.threshold.fill_(1.0)
 
 
-def decoder_score_tile(a_SD: Tensor, b_CD: Tensor, a_sq_S: Tensor, b_sq_C: Tensor) -> Tensor:
-    """(S, C) scores (2 a.b - ||b||^2) / ||a||^2 of source rows a against candidate rows b."""
-    tile_SC = torch.addmm(b_sq_C.neg().unsqueeze(0), a_SD, b_CD.t(), alpha=2.0)
-    return tile_SC.div_(a_sq_S.clamp_min(1e-12).unsqueeze(1))
+def _rank_tile(a_SD: Tensor, b_CD: Tensor, b_sq_C: Tensor) -> Tensor:
+    """(S, C) 2 a.b - ||b||^2: the score times ||a||^2, a positive per-row factor that cannot change a
+    row's ranking, so it is applied to the N survivors only (one pass over the tile saved)."""
+    return torch.addmm(b_sq_C.neg().unsqueeze(0), a_SD, b_CD.t(), alpha=2.0)
 
 
 class RunningTopN:
@@ -129,7 +129,7 @@ def decoder_pair_columns(dec_a_HD: Tensor, dec_b_HD: Tensor, src: np.ndarray, ds
 @torch.no_grad()
 def match_decoders(dec_a_HD: Tensor, dec_b_HD: Tensor, top: int, *, blocks: BlockSizes = BlockSizes(),
                    progress: bool = True, desc: str = "match") -> dict[str, np.ndarray]:
-    """Each row of dec_a's top-`top` rows of dec_b by `decoder_score_tile`, blocked (see the module doc).
+    """Each row of dec_a's top-`top` rows of dec_b by score (see the module doc), blocked.
 
     Returns edge columns src, dst, score, rank (0 = best) plus decoder_mse and decoder_cosine.
     """
@@ -146,9 +146,10 @@ def match_decoders(dec_a_HD: Tensor, dec_b_HD: Tensor, top: int, *, blocks: Bloc
             best = RunningTopN(s1 - s0, top, dec_a_HD.device)
             for d0 in range(0, H_b, blocks.dst_block):
                 d1 = min(H_b, d0 + blocks.dst_block)
-                best.update(decoder_score_tile(dec_a_HD[s0:s1], dec_b_HD[d0:d1], a_sq_H[s0:s1], b_sq_H[d0:d1]), d0)
+                best.update(_rank_tile(dec_a_HD[s0:s1], dec_b_HD[d0:d1], b_sq_H[d0:d1]), d0)
                 bar.update(1)
-            parts.append(topn_edges(best.values, best.index, s0))
+            scores = best.values / a_sq_H[s0:s1].clamp_min(1e-12).unsqueeze(1)
+            parts.append(topn_edges(scores, best.index, s0))
     edges = concat_edges(parts)
     cols = decoder_pair_columns(dec_a_HD, dec_b_HD, edges["src"], edges["dst"])
     edges["decoder_mse"], edges["decoder_cosine"] = cols["decoder_mse"], cols["decoder_cosine"]

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghosttrack.tracks.match import (BlockSizes, RunningTopN, decoder_score_tile, fold_sae_, folded_decoder,
-                                     match_decoders)
+from ghosttrack.tracks.match import BlockSizes, RunningTopN, fold_sae_, folded_decoder, match_decoders
 from tracks_helpers import permuted_sae, random_sae
 
 
@@ -75,10 +74,3 @@ def test_planted_permutation_is_recovered_after_folding():
     # The raw rows differ in scale by c: their relative error is large, so raw matching scores far lower.
     raw = match_decoders(a.W_dec.detach(), b.W_dec.detach(), 1, progress=False)
     assert np.median(raw["score"]) < 0.5
-
-
-def test_score_tile_formula():
-    a, b = torch.randn(3, 5), torch.randn(4, 5)
-    tile = decoder_score_tile(a, b, (a * a).sum(1), (b * b).sum(1))
-    want = 1 - ((a[:, None] - b[None]) ** 2).sum(-1) / (a * a).sum(1, keepdim=True)
-    torch.testing.assert_close(tile, want, rtol=1e-5, atol=1e-5)
