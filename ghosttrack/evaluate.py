@@ -42,7 +42,10 @@ class EvalConfig:
     batch_size: int = 8
     """Sequences per forward pass."""
     max_norm_ratio: float | None = 3.0
-    """Rows with norm > this x the batch's median norm are left unspliced (attention sinks); None: no limit."""
+    """Rows with norm > this x the median norm are left unspliced (attention sinks); None: no limit."""
+    median_norm: float | None = None
+    """The median norm of that rule: the one the SAE was trained with (from its cfg.json, taken over its
+    training rows), so that evaluation skips the rows training skipped; None: each batch's own median."""
     splice_all: bool = False
     """Splice every position, position 0 and norm outliers included."""
     dense_threshold: float = 0.1
@@ -69,7 +72,8 @@ def sae_hook(sae) -> tuple[int | None, str]:
     return sae_layer(sae), hook
 
 
-def splice_mask(x_BTD: torch.Tensor, max_norm_ratio: float | None, splice_all: bool) -> torch.Tensor:
+def splice_mask(x_BTD: torch.Tensor, max_norm_ratio: float | None, splice_all: bool,
+                median_norm: float | None = None) -> torch.Tensor:
     """(B, T) True where the SAE replaces the residual: not position 0, norm within the limit."""
     mask = torch.ones(x_BTD.shape[:2], dtype=torch.bool, device=x_BTD.device)
     if splice_all:
@@ -77,7 +81,7 @@ def splice_mask(x_BTD: torch.Tensor, max_norm_ratio: float | None, splice_all: b
     mask[:, 0] = False
     if max_norm_ratio is not None and x_BTD.shape[1] > 1:
         norm_BT = x_BTD.float().norm(dim=-1)
-        median = norm_BT[:, 1:].median()
+        median = norm_BT[:, 1:].median() if median_norm is None else median_norm
         mask &= norm_BT <= max_norm_ratio * median
     return mask
 
@@ -143,7 +147,7 @@ def evaluate_sae(sae, loaded, batches: Iterable[np.ndarray], *, layer: int, hook
                                stop_after_deepest=False):
             logits_clean = model(input_ids=ids_BT, use_cache=False).logits
         x_BTD = captured[0]
-        mask_BT = splice_mask(x_BTD, config.max_norm_ratio, config.splice_all)
+        mask_BT = splice_mask(x_BTD, config.max_norm_ratio, config.splice_all, median_norm=config.median_norm)
         x_ND = x_BTD[mask_BT].to(sae.W_enc.dtype)
         acts_NH = sae.encode(x_ND)
         x_hat_ND = sae.decode(acts_NH)
@@ -182,7 +186,7 @@ def evaluate_sae(sae, loaded, batches: Iterable[np.ndarray], *, layer: int, hook
     }
 
 
-def held_out_skip(sae, corpus_spec: dict[str, Any], seq_len: int) -> tuple[int, str]:
+def held_out_skip(sae, corpus_spec: dict[str, Any], seq_len: int, sae_dir=None) -> tuple[int, str]:
     """Sequences to skip so that evaluation text was not extracted for training, and why.
 
     When the SAE's metadata names its store and that store was extracted from this same
@@ -193,6 +197,10 @@ def held_out_skip(sae, corpus_spec: dict[str, Any], seq_len: int) -> tuple[int, 
 
     meta = getattr(sae, "metadata", {}) or {}
     store_path = meta.get("store") or (meta.get("ghosttrack") or {}).get("store")
+    if sae_dir is not None:  # a path relative to where training ran: found from any folder
+        from ghosttrack.sae.agreement import resolve_recorded_path
+
+        store_path = resolve_recorded_path(store_path, sae_dir)
     if not store_path:
         return 0, "the SAE does not name its store: the text may overlap its training data"
     try:

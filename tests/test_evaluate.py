@@ -146,7 +146,7 @@ def test_held_out_skips_the_store_text(tiny_gpt2_dir, corpus_file, tmp_path):
 
 
 @pytest.mark.parametrize("change,needle", [
-    (["--layer", "9"], "layer 9 is outside the model"),
+    (["--layer", "9", "--allow-layer-mismatch"], "layer 9 is outside the model"),
     (["--tokens", "0"], "--tokens"),
 ])
 def test_bad_input_exits_2(tiny_gpt2_dir, corpus_file, tmp_path, change, needle):

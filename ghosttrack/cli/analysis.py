@@ -63,6 +63,8 @@ def _default_device() -> str:
               show_default=True, help="features.json, features.jsonl, or jsonl above 16,384 features (auto).")
 @click.option("--no-html", is_flag=True, help="Skip the HTML feature browser.")
 @click.option("--show", default="", help="Feature ids to print in the terminal, e.g. 0,17,42.")
+@click.option("--allow-layer-mismatch", is_flag=True,
+              help="Read --layer (or a store hook) other than the one the SAE was trained on, on purpose.")
 def interpret(**options) -> None:
     """Top examples, common tokens, dead/dense features and an HTML browser for every SAE feature.
 
@@ -70,6 +72,8 @@ def interpret(**options) -> None:
     token ids, so the model is not needed.
     """
     from ghosttrack.interpret.features import InterpretConfig, analyze_sae, print_feature_summary
+    from ghosttrack.sae.agreement import check_layer_agreement
+    from ghosttrack.store.format import read_store_attrs
 
     try:
         show = [int(s) for s in options["show"].replace(" ", "").split(",") if s]
@@ -86,7 +90,10 @@ def interpret(**options) -> None:
     dirs = sae_dirs(options["sae_path"])
     if len(dirs) > 1 and options["layer"] is not None:
         raise GhostTrackError("--layer applies to one SAE; pass --sae DIR/layer_<i> for a single layer")
+    store_hook = (read_store_attrs(Path(options["store"])) or {}).get("hook") if Path(options["store"]).is_dir() else None
     for directory in dirs:
+        check_layer_agreement(json.loads((directory / "cfg.json").read_text()), options["layer"], store_hook,
+                              sae=str(directory), allow_mismatch=options["allow_layer_mismatch"])
         summary = analyze_sae(directory, options["store"], options["out"], layer=options["layer"], config=config)
         layer_dir = Path(summary["files"]["features"]).parent
         save_resolved_config(layer_dir, "interpret", {**options, "sae_path": str(directory)})
@@ -127,9 +134,12 @@ def _load_records(path: Path) -> list[dict]:
 @click.option("--layer", type=int, default=None, help="Block to splice at (default: the SAE's hook_layer).")
 @click.option("--hook", type=click.Choice(["resid_post", "resid_pre"]), default=None,
               help="Hook point (default: from the SAE's hook_name, else resid_post).")
-@click.option("--max-norm-ratio", type=click.FloatRange(min=0), default=3.0, show_default=True,
-              help="Rows with norm > this x the median keep their clean value (attention sinks); 0: no limit.")
+@click.option("--max-norm-ratio", type=click.FloatRange(min=0), default=None,
+              help="Rows with norm > this x the median norm keep their clean value (attention sinks); 0: no limit. "
+                   "Default: the rule the SAE was trained with (ratio and median norm saved in its cfg.json).")
 @click.option("--splice-all", is_flag=True, help="Splice every position, position 0 and outliers included.")
+@click.option("--allow-layer-mismatch", is_flag=True,
+              help="Splice at a --layer / --hook other than the one the SAE was trained on, on purpose.")
 @click.option("--dense-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="Latents firing on more than this fraction of rows count as dense.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -145,22 +155,32 @@ def evaluate(**options) -> None:
     from ghosttrack.corpus.packing import pack_batches
     from ghosttrack.sae.module import load_sae
 
+    from ghosttrack.sae.agreement import check_layer_agreement, resolve_recorded_path, trained_norm_rule
+
     device = options["device"] or _default_device()
     sae = load_sae(options["sae_path"], device=device)
+    check_layer_agreement(sae.metadata, options["layer"], options["hook"], sae=str(options["sae_path"]),
+                          allow_mismatch=options["allow_layer_mismatch"])
     meta_layer, meta_hook = sae_hook(sae)
     layer = options["layer"] if options["layer"] is not None else meta_layer
     if layer is None:
         raise GhostTrackError("the SAE's metadata names no layer; pass --layer")
-    model = options["model"] or sae.metadata.get("model_name")
+    model = options["model"] or resolve_recorded_path(sae.metadata.get("model_name"), options["sae_path"])
     if not model:
         raise GhostTrackError("the SAE's metadata names no model; pass --model")
+    # The outlier rule the SAE was trained with: its ratio (unless --max-norm-ratio) and its training median.
+    rule = trained_norm_rule(sae.metadata)
+    ratio = _ratio(options["max_norm_ratio"]) if options["max_norm_ratio"] is not None else (rule[0] if rule else 3.0)
+    median = rule[1] if rule else None
+    if rule is None and ratio is not None:
+        click.echo("note: the SAE does not record its training norm rule; each batch's median norm is used", err=True)
     config = EvalConfig(tokens=options["tokens"], seq_len=options["seq_len"],
-                        batch_size=options["batch_size"], max_norm_ratio=_ratio(options["max_norm_ratio"]),
+                        batch_size=options["batch_size"], max_norm_ratio=ratio, median_norm=median,
                         splice_all=options["splice_all"], dense_threshold=options["dense_threshold"])
     corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],
                          wiki_date=options["wiki_date"], text_field=options["text_field"])
     if options["skip_tokens"] == "auto":
-        skip, why = held_out_skip(sae, corpus.describe(), config.seq_len)
+        skip, why = held_out_skip(sae, corpus.describe(), config.seq_len, sae_dir=options["sae_path"])
     else:
         skip, why = options["skip_tokens"] // config.seq_len, "--skip-tokens"
     click.echo(f"held-out text: {why}", err=True)

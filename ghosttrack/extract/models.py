@@ -68,6 +68,15 @@ class ModelSpec:
     is_causal: bool
 
 
+def model_name(model: str, gguf: str | None = None) -> str:
+    """The model's name as stores and SAEs record it: a hub id as given, a local directory or GGUF
+    file as an absolute path (so that it is found again from any folder)."""
+    source, extra = _source(model, gguf)
+    if "gguf_file" in extra:
+        return str((Path(source) / extra["gguf_file"]).resolve())
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
 def read_model_spec(model: str = "gpt2", *, gguf: str | None = None, revision: str | None = None) -> ModelSpec:
     """Config and tokenizer of `model` (hub id, local directory or .gguf file): config.json, or the
     GGUF file's metadata; no weights are read."""
@@ -97,7 +106,7 @@ def read_model_spec(model: str = "gpt2", *, gguf: str | None = None, revision: s
     n_layers = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer", None)
     return ModelSpec(
         source=source, extra=extra, config=config, tokenizer=tokenizer,
-        name=str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else model,
+        name=model_name(model, gguf),
         revision=revision or getattr(config, "_commit_hash", None),
         n_layers=int(n_layers) if n_layers else 0, d_model=int(d_model),
         context_length=int(context) if context else None, is_causal=is_causal,

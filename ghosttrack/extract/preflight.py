@@ -15,7 +15,7 @@ import torch
 
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import check_layers
-from ghosttrack.extract.models import _source
+from ghosttrack.extract.models import _source, model_name  # noqa: F401 - model_name re-exported
 from ghosttrack.store import format as store_format
 from ghosttrack.store.lock import StoreLock
 from ghosttrack.store.modes import check_commit_record
@@ -28,12 +28,6 @@ class ModelShape:
     n_layers: int
     d_model: int
     context_length: int | None
-
-
-def model_name(model: str, gguf: str | None = None) -> str:
-    """The model's name as the store records it (a GGUF file by its path)."""
-    source, extra = _source(model, gguf)
-    return str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else model
 
 
 def read_model_shape(model: str, *, gguf: str | None = None, revision: str | None = None) -> ModelShape:

@@ -75,7 +75,8 @@ def sae_metadata(store: ActivationStore, layer: int) -> dict[str, Any]:
     return {"model_name": store.model, "hook_name": f"blocks.{layer}.hook_{store.hook}", "hook_layer": layer,
             "hook_head_index": None, "context_size": store.context_length, "prepend_bos": False,
             "dataset_path": json.dumps(store.attrs.get("corpus"), sort_keys=True),
-            "ghosttrack": {"store": str(store.path), "layer": layer}}
+            # Absolute: evaluate finds the store (and skips its text) from any folder.
+            "ghosttrack": {"store": str(Path(store.path).resolve()), "layer": layer}}
 
 
 def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, cfg: TrainerConfig,
