@@ -1,10 +1,13 @@
 """Store throughput against bare numpy, side by side in one run.
 
-- write: StoreWriter (appends of --append-rows rows, per-chunk atomic files, a commit per chunk)
-  vs ndarray.tofile of the same bytes per chunk, each into a fresh folder after an os.sync();
-  on the scratch disk, and on tmpfs (/dev/shm) where the kernel's writeback cannot stall either;
+- write: StoreWriter (appends of --append-rows rows, per-chunk atomic files with a CRC-32C, a
+  commit per chunk) vs the same writer on arrays without the checksum codec (format 1: the cost of
+  the checksum) vs ndarray.tofile of the same bytes per chunk, each into a fresh folder after an
+  os.sync(); on the scratch disk, and on tmpfs (/dev/shm) where the kernel's writeback cannot stall;
 - read: ActivationStore.read_chunk (memmap fast path) vs a bare numpy.memmap of the same chunk
   files, both copied into one preallocated buffer (page cache warm);
+- verify: verify_store (every chunk file read, CRC-32C and finite values checked) vs reading the
+  same files into memory with numpy (page cache warm);
 - loader: ActivationLoader rows/s (shuffled across chunks, filtered, float32 batches), streaming
   and device-resident, vs reading the same chunks through a bare memmap in order, batch by batch,
   with the same float32 conversion.
@@ -17,6 +20,7 @@ Run: .venv/bin/python bench/bench_store.py [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,13 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import torch
+import zarr
 
+from ghosttrack.store import format as fmt
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
 from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, synthetic_rows
+from ghosttrack.store.verify import verify_store
 from ghosttrack.store.writer import StoreWriter
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,16 +53,19 @@ def machine() -> str:
     return f"CPU: {os.cpu_count()}-core {platform.machine()} (no GPU)"
 
 
-def alternate(fns: dict, repeats: int, before=None) -> dict[str, list[float]]:
-    """Wall seconds of each function per repeat, the order reversed every other repeat."""
+def alternate(fns: dict, repeats: int, before=None, cpu: dict | None = None) -> dict[str, list[float]]:
+    """Wall seconds of each function per repeat, the order reversed every other repeat; the CPU
+    seconds of this process go into ``cpu`` (steadier than wall time on a shared machine)."""
     times = {k: [] for k in fns}
     for r in range(repeats):
         for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             if before:
                 before(name)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fns[name]()
             times[name].append(time.perf_counter() - t)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - c)
     return times
 
 
@@ -64,16 +75,31 @@ def rates(amount, times: dict[str, list[float]]) -> dict:
                 "seconds": [round(t, 4) for t in v]} for k, v in times.items()}
 
 
+@contextlib.contextmanager
+def without_checksums():
+    """Arrays created as in format 1 (no crc32c codec): the writer then writes no checksum."""
+    real = fmt.Crc32cCodec
+    fmt.Crc32cCodec = lambda: ()  # noqa: E731  (compressors=() in _create_array)
+    try:
+        yield
+    finally:
+        fmt.Crc32cCodec = real
+
+
 def bench_write(root: Path, acts: dict[int, np.ndarray], rows: tuple, ct: int, piece: int, repeats: int):
     n, d = next(iter(acts.values())).shape
     arrays = list(acts.values()) + list(rows)
 
-    def store():
-        with StoreWriter.open(root / "store", layers=list(acts), d_model=d, target_tokens=n, chunk_tokens=ct,
+    def store(name="store"):
+        with StoreWriter.open(root / name, layers=list(acts), d_model=d, target_tokens=n, chunk_tokens=ct,
                               attrs=SYNTHETIC_ATTRS) as w:
             for a in range(0, n, piece):
                 w.append({i: x[a:a + piece] for i, x in acts.items()}, *(r[a:a + piece] for r in rows))
             w.close(complete=True)
+
+    def store_no_checksum():
+        with without_checksums():
+            store("store_no_checksum")
 
     def raw():  # the same bytes as the store's chunk files: the last chunk zero-padded too
         (root / "raw").mkdir()
@@ -88,9 +114,25 @@ def bench_write(root: Path, acts: dict[int, np.ndarray], rows: tuple, ct: int, p
         shutil.rmtree(root / name, ignore_errors=True)
         os.sync()  # earlier runs' dirty pages are not flushed on this run's clock
 
-    times = alternate({"store": store, "raw": raw}, repeats, before=fresh)
+    cpu: dict[str, list[float]] = {}
+    times = alternate({"store": store, "store_no_checksum": store_no_checksum, "raw": raw}, repeats, before=fresh,
+                      cpu=cpu)
+    assert fmt.has_checksum(zarr.open_group(root / "store", mode="r")["tokens"])
+    assert not fmt.has_checksum(zarr.open_group(root / "store_no_checksum", mode="r")["tokens"])
     nbytes = sum(a.itemsize * (a.size // len(a)) * -(-n // ct) * ct for a in arrays)  # as on disk
-    return nbytes, times
+    return nbytes, times, {k: statistics.median(v) for k, v in cpu.items()}
+
+
+def bench_crc(arrays: list[np.ndarray], repeats: int) -> float:
+    """GB/s of CRC-32C alone over the written arrays (what the checksum adds to a write)."""
+    views = []
+    for a in arrays:
+        v = a.view()
+        v.flags.writeable = False
+        views.append(v)
+    nbytes = sum(a.nbytes for a in arrays)
+    times = alternate({"crc": lambda: [google_crc32c.value(v) for v in views]}, repeats)["crc"]
+    return nbytes / statistics.median(times) / GB
 
 
 def bench_read(store: ActivationStore, layer: int, repeats: int):
@@ -110,6 +152,23 @@ def bench_read(store: ActivationStore, layer: int, repeats: int):
     bare_memmap()  # warm the page cache
     times = alternate({"memmap_path": memmap_path, "bare_memmap": bare_memmap}, repeats)
     return store.n_tokens * store.d_model * 2, times
+
+
+def bench_verify(path: Path, repeats: int):
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and "/c/" in str(p))
+    nbytes = sum(os.path.getsize(f) for f in files)
+    buf = np.empty(max(os.path.getsize(f) for f in files), np.uint8)
+    reports = []
+
+    def bare_read():
+        for f in files:
+            m = np.memmap(f, dtype=np.uint8, mode="r")
+            np.copyto(buf[:len(m)], m)
+
+    bare_read()  # warm the page cache
+    times = alternate({"verify_store": lambda: reports.append(verify_store(path)), "bare_read": bare_read}, repeats)
+    assert all(r.healthy and r.bytes_read == nbytes for r in reports)
+    return nbytes, times
 
 
 def bench_loader(store: ActivationStore, layer: int, batch: int, repeats: int):
@@ -163,14 +222,17 @@ def main() -> None:
     scratch = {"disk": Path(tempfile.mkdtemp(prefix="bench_store_", dir=args.tmp))}
     if Path("/dev/shm").is_dir():
         scratch["tmpfs"] = Path(tempfile.mkdtemp(prefix="bench_store_", dir="/dev/shm"))
-    write = {}
+    write, write_cpu = {}, {}
     try:
         for where, root in scratch.items():
-            w_bytes, t = bench_write(root, acts, rows, ct, args.append_rows, repeats)
+            w_bytes, t, write_cpu[where] = bench_write(root, acts, rows, ct, args.append_rows, repeats)
             write[where] = rates(w_bytes / GB, t)
+        crc_gbps = bench_crc(list(acts.values()) + list(rows), repeats)
         store = ActivationStore.open(scratch["disk"] / "store")
         r_bytes, t = bench_read(store, layers[0], repeats)
         read = rates(r_bytes / GB, t)
+        v_bytes, t = bench_verify(scratch["disk"] / "store", repeats)
+        verify = rates(v_bytes / GB, t)
         loader, scan_gbps, n_kept = bench_loader(store, layers[0], batch, repeats)
     finally:
         for root in scratch.values():
@@ -182,10 +244,14 @@ def main() -> None:
         "scratch": {k: str(v.parent) for k, v in scratch.items()},
         "sizes": {"n_tokens": n, "d_model": d, "layers": len(layers), "chunk_tokens": ct,
                   "append_rows": args.append_rows, "loader_batch": batch, "write_bytes": w_bytes,
-                  "read_bytes": r_bytes, "loader_rows_kept": n_kept},
-        "write_GBps": write, "read_GBps": read, "loader_rows_per_s": loader, "scan_layer_GBps": scan_gbps,
+                  "read_bytes": r_bytes, "verify_bytes": v_bytes, "loader_rows_kept": n_kept},
+        "write_GBps": write, "write_cpu_seconds_median": write_cpu, "crc32c_GBps": crc_gbps,
+        "read_GBps": read, "verify_GBps": verify, "loader_rows_per_s": loader, "scan_layer_GBps": scan_gbps,
         "ratios": {f"write_{k}": ratio(v, "store", "raw") for k, v in write.items()}
-        | {"read": ratio(read, "memmap_path", "bare_memmap"),
+        | {f"write_{k}_checksum_cost": ratio(v, "store", "store_no_checksum") for k, v in write.items()}
+        | {f"write_{k}_checksum_cpu": c["store"] / c["store_no_checksum"] for k, c in write_cpu.items()}
+        | {"verify": ratio(verify, "verify_store", "bare_read"),
+           "read": ratio(read, "memmap_path", "bare_memmap"),
            "loader_streaming": ratio(loader, "streaming", "bare_memmap"),
            "loader_resident": ratio(loader, "resident", "bare_memmap")},
         "targets": {"write": 0.8, "read": 0.9},
@@ -201,7 +267,7 @@ def main() -> None:
 def render(res: dict) -> str:
     s, q = res["sizes"], res["ratios"]
     m = lambda x: x["median"]  # noqa: E731
-    w, r, lo = res["write_GBps"], res["read_GBps"], res["loader_rows_per_s"]
+    w, r, lo, v = res["write_GBps"], res["read_GBps"], res["loader_rows_per_s"], res["verify_GBps"]
     lines = [
         f"# Store throughput ({res['machine']}; CPU figures)",
         "",
@@ -217,7 +283,18 @@ def render(res: dict) -> str:
     for where, x in w.items():
         lines.append(f"| write to {where} ({res['scratch'][where]}), GB/s | {m(x['store']):.2f} | "
                      f"{m(x['raw']):.2f} (tofile per chunk) | {q['write_' + where]:.2f}x | >= 0.8x |")
+    for where, x in w.items():
+        lines.append(f"| write to {where}, with vs without CRC-32C, GB/s | {m(x['store']):.2f} | "
+                     f"{m(x['store_no_checksum']):.2f} (GhostTrack, no checksum) | "
+                     f"{q['write_' + where + '_checksum_cost']:.2f}x | - |")
+    for where, c in res["write_cpu_seconds_median"].items():
+        lines.append(f"| write to {where}, CPU seconds, with vs without CRC-32C | {c['store']:.2f} | "
+                     f"{c['store_no_checksum']:.2f} (GhostTrack, no checksum) | "
+                     f"{q['write_' + where + '_checksum_cpu']:.2f}x | - |")
     lines += [
+        f"| CRC-32C alone (google-crc32c) over the written bytes, GB/s | {res['crc32c_GBps']:.1f} | | | |",
+        f"| verify_store (CRC-32C + finite values), GB/s | {m(v['verify_store']):.2f} | {m(v['bare_read']):.2f} "
+        f"(read every file) | {q['verify']:.2f}x | - |",
         f"| chunk read, GB/s | {m(r['memmap_path']):.2f} | {m(r['bare_memmap']):.2f} (numpy.memmap) | "
         f"{q['read']:.2f}x | >= 0.9x |",
         f"| loader, streaming, rows/s | {m(lo['streaming']):,.0f} | {m(lo['bare_memmap']):,.0f} "
@@ -230,6 +307,12 @@ def render(res: dict) -> str:
         + "; ".join(f"{k} {x['store']['best']:.2f} / {x['raw']['best']:.2f}" for k, x in w.items())
         + ". The loader shuffles across chunks (random row gathers from the page cache) and skips flagged "
           "and outlier rows; the bare baseline reads every row in order.",
+        "",
+        "Spread of the write runs (wall seconds, min-max, every contender): "
+        + "; ".join(f"{k} {min(min(c['seconds']) for c in x.values()):.2f}-"
+                    f"{max(max(c['seconds']) for c in x.values()):.2f} s" for k, x in w.items())
+        + ". Where the spread is wide the machine's load and the kernel's writeback decide the wall figures; "
+          "the CPU-second rows and CRC-32C alone show the checksum's own cost.",
         "",
     ]
     return "\n".join(lines)
