@@ -58,7 +58,7 @@ class StoreLock:
             # CLOEXEC: a program we start must not inherit (and so prolong) the lock.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_with_retries(fd, fcntl.LOCK_EX)
             except OSError as e:
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
@@ -108,6 +108,40 @@ class StoreLock:
         if fd is not None:
             self._fd = None
             _close(fd)
+
+
+def _flock_with_retries(fd: int, kind: int, tries: int = 3, pause_s: float = 0.05) -> None:
+    """flock without waiting, tried a few times: ``live_holder`` takes the lock for a moment to look,
+    which must not turn a writer away."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES) or i == tries - 1:
+                raise
+            time.sleep(pause_s)
+
+
+def live_holder(path: Path) -> dict | None:
+    """The record of the process that holds the lock file ``path`` now, or None when no process on
+    a host sharing the kernel's locks holds it (whatever the file says: the record of a killed
+    writer, a reused pid). For readers that must not start while a store is being written."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        return read_holder(path) or {"pid": None, "host": None}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -13,7 +13,7 @@ from ghosttrack.store import format as fmt
 from ghosttrack.store import lock as lock_mod
 from ghosttrack.store import writer as writer_mod
 from ghosttrack.store.errors import StoreError
-from ghosttrack.store.lock import StoreLock, break_lock, read_holder
+from ghosttrack.store.lock import StoreLock, break_lock, live_holder, read_holder
 from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic
 from ghosttrack.store.writer import StoreWriter
 
@@ -189,3 +189,20 @@ def test_store_state_is_checked_again_under_the_lock(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="store already exists"):
         open_writer(tmp_path / "s")
     assert not list((tmp_path / "s").glob(".lock*"))
+
+
+def test_live_holder_sees_the_os_lock_not_the_record(holder, tmp_path):
+    """Readers ask whether a live process holds the lock: a record alone (a killed writer, a pid
+    reused by an unrelated live process such as our own) does not count."""
+    store, proc = holder
+    assert live_holder(store / ".lock")["pid"] == proc.pid
+    with pytest.raises(StoreError, match="being written"):  # looking did not leave it locked either way
+        StoreLock.acquire(store / ".lock", store)
+    proc.kill()
+    proc.wait()
+    assert live_holder(store / ".lock") is None
+    (store / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # alive, not holding
+    assert live_holder(store / ".lock") is None
+    assert live_holder(tmp_path / "nothing" / ".lock") is None
+    with StoreLock.acquire(store / ".lock", store):
+        assert live_holder(store / ".lock")["pid"] == os.getpid()  # another open file: sees our lock
