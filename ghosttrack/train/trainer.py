@@ -195,6 +195,8 @@ class SAETrainer:
                       f"skipping {sk['flagged_skipped']:,} position-0 rows and {sk['outliers_skipped']:,} rows over "
                       f"{sk['max_norm_ratio']}x the median norm {sk['median_norm']:.3g}; {self.total_steps:,} steps")
         self._tick = (time.perf_counter(), self.state.step)
+        if resume_state is None:
+            self.state.dead_possible = self._latents_can_die_soon()
         with bar, GracefulInterrupt() as interrupt:
             while self.state.step < self.total_steps:
                 self._run_epoch(bar, interrupt, on_step)
@@ -241,7 +243,8 @@ class SAETrainer:
     def _train_step(self, x_BD: torch.Tensor) -> None:
         x_BD = x_BD * self.state.input_scale
         with self._autocast():
-            out = self.loss_module(x_BD, self.tracker.tokens_since_fired_H, self._sparsity_scale(), self.cfg.fused)
+            since_H = self.tracker.tokens_since_fired_H if self.state.dead_possible else None
+            out = self.loss_module(x_BD, since_H, self._sparsity_scale(), self.cfg.fused)
         self.acc.backward(out.loss)
         self.sae.remove_parallel_grad_()
         if self.cfg.grad_clip > 0:
@@ -269,9 +272,20 @@ class SAETrainer:
             self._raise_nonfinite(self.state.step - len(losses) + bad[0] + 1)
         return losses
 
+    def _latents_can_die_soon(self) -> bool:
+        """Whether any latent can count as dead (the SAE's dead_tokens, e.g. TopK's AuxK) before the next
+        log step; one host sync, so at log steps only. While none can, the loss is not handed the firing
+        counts: AuxK would be exactly 0, and its top-k and sparse products are skipped."""
+        window = getattr(self.sae_cfg, "dead_tokens", None)
+        if window is None:
+            return True
+        ahead = self.cfg.log_every * self.cfg.batch_size * self.world
+        return int(self.tracker.tokens_since_fired_H.max()) + ahead >= window
+
     def _log(self, bar) -> None:
         """Host sync: check the loss, append a history entry, update the progress bar."""
         losses = self._window_losses_checked()
+        self.state.dead_possible = self._latents_can_die_soon()
         if self.world > 1:  # the history describes every rank's rows
             self.window.reduce_(self._sum_ranks)
             self.window_terms = {k: self._sum_ranks(v) / self.world for k, v in self.window_terms.items()}

@@ -66,3 +66,21 @@ def test_a_planted_item_call_in_the_step_is_caught(tmp_path, store):
 
     steady, _, _ = _syncs_per_step(store, "relu", "yes", tmp_path, plant=plant)
     assert steady and all(v == ["aten._local_scalar_dense.default"] for v in steady.values())
+
+
+def test_skipping_auxk_while_no_latent_can_be_dead_changes_nothing(tmp_path, store, monkeypatch):
+    """Between log steps the trainer hands the loss no firing counts when no latent can reach
+    dead_tokens before the next log step (decided there, from the largest count); AuxK is then exactly
+    0 and skipped. A run that always computes it must end with the very same SAE."""
+    cfg = TrainerConfig(batch_size=128, epochs=1.5, log_every=4, checkpoint_every=8, device="cpu", lr=1e-2)
+    sae_cfg = TopKSAEConfig(d_in=D, d_sae=H, k=3, aux_k=8, dead_tokens=1500)  # > 4 steps of 128 rows
+    gated = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "gated", progress=False)
+    decisions = []
+    gated.run(on_step=lambda step: decisions.append(gated.state.dead_possible))
+    assert not decisions[0] and decisions[-1]  # off while all latents are fresh, on once some can die
+    assert gated.state.history["train"][-1]["auxk"] > 0
+    monkeypatch.setattr(SAETrainer, "_latents_can_die_soon", lambda self: True)
+    always = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "always", progress=False)
+    always.run()
+    for name, value in always.sae.state_dict().items():
+        assert torch.equal(gated.sae.state_dict()[name], value), name
