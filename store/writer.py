@@ -5,6 +5,11 @@ Commit protocol: the chunk files of every array are written first (each atomical
 the rank's file in ``commits/`` for multi-process runs). A process killed at any instant leaves a
 store whose commit record points at fully written chunks; ``mode="resume"`` deletes whatever lies
 past it, and finishing the run gives the same bytes as an uninterrupted one.
+
+Each chunk file ends with its CRC-32C (zarr's crc32c codec), computed as the rows stream in.
+Before each chunk the free space is checked; a full disk (or any write error) stops the writer
+with a StoreError and leaves the store at its last commit. ``rewrite_chunk`` replaces committed
+chunks that ``verify_store`` found damaged.
 """
 
 from __future__ import annotations
