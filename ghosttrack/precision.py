@@ -30,11 +30,14 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve_dtype(requested: str, device: torch.device | str) -> tuple[str, str | None]:
-    """(dtype to use, warning or None) for `requested` (auto, fp32, fp16, bf16) on `device`.
+    """(dtype to use, warning or None) for `requested` (auto, fp32, fp16, bf16) on `device` (or "auto":
+    CUDA when present).
 
     auto: bf16 on a CUDA device that supports it, else fp32. bf16 asked for on a CPU without
     native bf16 is kept (the user may want it), with a warning naming the cost and the fix.
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if requested == "auto":
         if device.type == "cuda":

@@ -6,7 +6,7 @@ from typing import Any
 
 from ghosttrack.train.schedule import SCHEDULES
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -39,8 +39,9 @@ class TrainerConfig:
     """Adam beta1."""
     beta2: float = 0.999
     """Adam beta2."""
-    dtype: str = field(default="float32", metadata={"choices": DTYPES, "aliases": DTYPE_ALIASES})
-    """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32)."""
+    dtype: str = field(default="auto", metadata={"choices": DTYPES, "aliases": DTYPE_ALIASES})
+    """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32); auto:
+    bfloat16 on a GPU that supports it, float32 on the CPU (resolved here, so checkpoints hold the choice)."""
     device: str = "auto"
     """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
     seed: int = 0
@@ -72,6 +73,10 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if self.dtype == "auto":
+            from ghosttrack.precision import resolve_dtype
+
+            self.dtype = DTYPE_ALIASES[resolve_dtype("auto", self.device)[0]]
         if self.max_norm_ratio == 0:
             self.max_norm_ratio = None  # the command line's "0 keeps every row"
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:

@@ -3,6 +3,7 @@ availability, and a Ctrl-C that stops at a step boundary instead of mid-update."
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -22,6 +23,12 @@ def make_accelerator(cfg: TrainerConfig):
         raise GhostTrackError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     if ":" in cfg.device:
         torch.cuda.set_device(torch.device(cfg.device))
+    if cfg.dtype == "bfloat16" and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        from ghosttrack.precision import resolve_dtype
+
+        warning = resolve_dtype("bf16", "cpu")[1]
+        if warning:
+            warnings.warn(warning.removeprefix("warning: "), stacklevel=2)
     # Autocast is ours (torch.autocast around the loss), not accelerate's: its mixed-precision
     # setting is process-global and could not differ between two runs in one process.
     return Accelerator(cpu=cfg.device == "cpu")
