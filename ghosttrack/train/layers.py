@@ -6,7 +6,6 @@ summary or the exception; the caller reports each failure and exits non-zero.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import traceback
@@ -20,6 +19,8 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.base import ARCHITECTURES
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
+from ghosttrack.store.format import LOCK_PREFIX
+from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
 from ghosttrack.train.config import TrainerConfig
@@ -39,14 +40,12 @@ def open_training_store(path: str | Path) -> ActivationStore:
     if store.complete:
         return store
     target = store.attrs.get("target_tokens", "?")
-    for lock in sorted(Path(path).glob(".lock*")):
-        try:
-            pid = json.loads(lock.read_text()).get("pid")
-            os.kill(int(pid), 0)
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue  # a stale lock: its writer is gone
-        raise GhostTrackError(f"store {path} is still being written (pid {pid}, {store.n_tokens:,} of {target:,} "
-                              f"tokens so far); wait for ghosttrack extract to finish, then train")
+    for lock in sorted(Path(path).glob(f"{LOCK_PREFIX}*")):
+        holder = live_holder(lock)  # asks the OS lock: a killed writer's record or a reused pid is not alive
+        if holder is None:
+            continue
+        raise GhostTrackError(f"store {path} is still being written (pid {holder.get('pid')}, {store.n_tokens:,} of "
+                              f"{target:,} tokens so far); wait for ghosttrack extract to finish, then train")
     raise GhostTrackError(f"store {path} is incomplete ({store.n_tokens:,} of {target:,} tokens committed; its "
                           f"extraction was interrupted); finish it with ghosttrack extract ... --resume")
 
