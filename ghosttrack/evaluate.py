@@ -5,8 +5,9 @@ Per batch of packed sequences the model runs three times:
   spliced     -- x replaced by the SAE's reconstruction x_hat = decode(encode(x));
   zero        -- x replaced by zeros.
 The upstream blocks are the same in all three runs, so x_hat is computed once from the
-clean x. Rows the SAE was never trained on (position 0 of a sequence, and rows whose
-norm exceeds max_norm_ratio x the median norm: the attention sinks) keep their clean
+clean x. Rows the SAE was never trained on (position 0 of a sequence, the positions in
+skip_positions, and rows whose norm exceeds max_norm_ratio x the median norm: the attention
+sinks) keep their clean
 value in the spliced and the zero-ablated runs and stay out of MSE / FVU / L0, the
 way training skipped them (`splice_all` changes that).
 
@@ -48,6 +49,9 @@ class EvalConfig:
     training rows), so that evaluation skips the rows training skipped; None: each batch's own median."""
     splice_all: bool = False
     """Splice every position, position 0 and norm outliers included."""
+    skip_positions: tuple[int, ...] = ()
+    """Positions besides 0 left unspliced and out of the metrics, as in training (the CLI's default:
+    the positions the SAE was trained without)."""
     dense_threshold: float = 0.1
     """A latent firing on more than this fraction of rows is dense."""
     progress: bool = True
@@ -73,15 +77,17 @@ def sae_hook(sae) -> tuple[int | None, str]:
 
 
 def splice_mask(x_BTD: torch.Tensor, max_norm_ratio: float | None, splice_all: bool,
-                median_norm: float | None = None) -> torch.Tensor:
-    """(B, T) True where the SAE replaces the residual: not position 0, norm within the limit."""
+                skip_positions: tuple[int, ...] = (), median_norm: float | None = None) -> torch.Tensor:
+    """(B, T) True where the SAE replaces the residual: not position 0 nor a skipped position,
+    norm within max_norm_ratio x median_norm (None: the median norm of the other positions)."""
     mask = torch.ones(x_BTD.shape[:2], dtype=torch.bool, device=x_BTD.device)
     if splice_all:
         return mask
     mask[:, 0] = False
-    if max_norm_ratio is not None and x_BTD.shape[1] > 1:
+    mask[:, [p for p in skip_positions if p < x_BTD.shape[1]]] = False
+    if max_norm_ratio is not None and mask[0].any():
         norm_BT = x_BTD.float().norm(dim=-1)
-        median = norm_BT[:, 1:].median() if median_norm is None else median_norm
+        median = norm_BT[:, mask[0]].median() if median_norm is None else median_norm
         mask &= norm_BT <= max_norm_ratio * median
     return mask
 
@@ -147,7 +153,8 @@ def evaluate_sae(sae, loaded, batches: Iterable[np.ndarray], *, layer: int, hook
                                stop_after_deepest=False):
             logits_clean = model(input_ids=ids_BT, use_cache=False).logits
         x_BTD = captured[0]
-        mask_BT = splice_mask(x_BTD, config.max_norm_ratio, config.splice_all, median_norm=config.median_norm)
+        mask_BT = splice_mask(x_BTD, config.max_norm_ratio, config.splice_all, config.skip_positions,
+                              config.median_norm)
         x_ND = x_BTD[mask_BT].to(sae.W_enc.dtype)
         acts_NH = sae.encode(x_ND)
         x_hat_ND = sae.decode(acts_NH)

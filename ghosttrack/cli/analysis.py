@@ -19,6 +19,29 @@ def _skip_tokens(ctx, param, value) -> int | str:
     return value if value is None or str(value) == "auto" else parse_token_count(value)
 
 
+def _positions(ctx, param, value) -> tuple[int, ...] | None:
+    """--skip-positions '0,1' -> (0, 1); '' or 'none' -> (); absent -> None (the SAE's own rule)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):  # from a saved config.json
+        value = ",".join(str(p) for p in value) or "none"
+    text = str(value).strip().strip("[]()").strip().lower()  # click turns a saved [1, 2] into "[1, 2]"
+    if text in ("", "none"):
+        return ()
+    try:
+        positions = tuple(sorted({int(p) for p in text.replace(" ", "").split(",") if p}))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a list of positions; write e.g. 1 or 0,1 (or none)") from None
+    if any(p < 0 for p in positions):
+        raise click.BadParameter(f"'{value}': positions are >= 0")
+    return positions
+
+
+SKIP_POSITIONS_HELP = ("Sequence positions left out besides position 0, e.g. 1 or 0,1 (tokens after an attention "
+                       "sink that peak many features); 'none' keeps them. Default: the positions the SAE was "
+                       "trained without (saved with it), so training, interpretation and evaluation agree.")
+
+
 def sae_dirs(path: str | Path) -> list[Path]:
     """An SAE directory, or a folder of per-layer ones (layer_<i>/), as a sorted list."""
     path = Path(path)
@@ -57,8 +80,20 @@ def _default_device() -> str:
 @click.option("--max-norm-ratio", type=click.FloatRange(min=0), default=3.0, show_default=True,
               help="Skip rows whose norm exceeds this x the median (attention sinks), as training does; 0: keep all.")
 @click.option("--include-flagged", is_flag=True, help="Also scan position-0 rows (skipped by default).")
+@click.option("--skip-positions", default=None, callback=_positions, help=SKIP_POSITIONS_HELP)
 @click.option("--dense-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="Features active on more than this fraction of rows are listed as dense.")
+@click.option("--model", default=None,
+              help="Model directory (safetensors) or .gguf file: adds the tokens each feature promotes and "
+                   "suppresses (W_dec through the final norm scale and W_U, read from the files; the model is "
+                   "not run). Absent: that section is omitted.")
+@click.option("--gguf", default=None, help="GGUF file name inside --model's directory.")
+@click.option("--quantile-bands", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Bands of equal share of each feature's activations shown with examples (0: none).")
+@click.option("--examples-per-band", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Examples shown per quantile band.")
+@click.option("--neighbors", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Nearest features by decoder cosine listed per feature (0: none).")
 @click.option("--format", "output_format", type=click.Choice(["auto", "json", "jsonl"]), default="auto",
               show_default=True, help="features.json, features.jsonl, or jsonl above 16,384 features (auto).")
 @click.option("--no-html", is_flag=True, help="Skip the HTML feature browser.")
@@ -85,7 +120,9 @@ def interpret(**options) -> None:
         context_before=options["context_before"], context_after=options["context_after"],
         skip_flagged=not options["include_flagged"], max_norm_ratio=_ratio(options["max_norm_ratio"]),
         dense_threshold=options["dense_threshold"], output_format=options["output_format"],
-        html=not options["no_html"],
+        html=not options["no_html"], skip_positions=options["skip_positions"], model=options["model"],
+        gguf=options["gguf"], quantile_bands=options["quantile_bands"],
+        examples_per_band=options["examples_per_band"], neighbors=options["neighbors"],
     )
     dirs = sae_dirs(options["sae_path"])
     if len(dirs) > 1 and options["layer"] is not None:
@@ -101,7 +138,11 @@ def interpret(**options) -> None:
         click.echo(f"layer {summary['layer']}: {n:,} features over {summary['rows_scanned']:,} rows "
                    f"({summary['rows_skipped_flagged']:,} position-0 and {summary['rows_skipped_outliers']:,} "
                    f"outlier rows skipped); dead {summary['dead']['count']:,} ({summary['dead']['fraction']:.1%}), "
-                   f"dense {summary['dense']['count']:,} ({summary['dense']['fraction']:.1%})")
+                   f"dense {summary['dense']['count']:,} ({summary['dense']['fraction']:.1%})"
+                   + (f"; positions {','.join(map(str, summary['skip_positions']))} skipped "
+                      f"({summary['rows_skipped_positions']:,} rows)" if summary["skip_positions"] else ""))
+        if summary.get("peak_hint"):
+            click.echo(f"note: {summary['peak_hint']}")
         if show:
             records = _load_records(Path(summary["files"]["features"]))
             for f in show:
@@ -140,6 +181,7 @@ def _load_records(path: Path) -> list[dict]:
 @click.option("--splice-all", is_flag=True, help="Splice every position, position 0 and outliers included.")
 @click.option("--allow-layer-mismatch", is_flag=True,
               help="Splice at a --layer / --hook other than the one the SAE was trained on, on purpose.")
+@click.option("--skip-positions", default=None, callback=_positions, help=SKIP_POSITIONS_HELP)
 @click.option("--dense-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="Latents firing on more than this fraction of rows count as dense.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -153,6 +195,7 @@ def evaluate(**options) -> None:
     from ghosttrack.evaluate import EvalConfig, default_output, evaluate_sae, format_table, held_out_skip, sae_hook
     from ghosttrack.extract.models import load_model
     from ghosttrack.corpus.packing import pack_batches
+    from ghosttrack.interpret.inputs import sae_skip_positions
     from ghosttrack.sae.module import load_sae
 
     from ghosttrack.sae.agreement import check_layer_agreement, resolve_recorded_path, trained_norm_rule
@@ -176,7 +219,9 @@ def evaluate(**options) -> None:
         click.echo("note: the SAE does not record its training norm rule; each batch's median norm is used", err=True)
     config = EvalConfig(tokens=options["tokens"], seq_len=options["seq_len"],
                         batch_size=options["batch_size"], max_norm_ratio=ratio, median_norm=median,
-                        splice_all=options["splice_all"], dense_threshold=options["dense_threshold"])
+                        splice_all=options["splice_all"], dense_threshold=options["dense_threshold"],
+                        skip_positions=options["skip_positions"] if options["skip_positions"] is not None
+                        else sae_skip_positions(sae))
     corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],
                          wiki_date=options["wiki_date"], text_field=options["text_field"])
     if options["skip_tokens"] == "auto":

@@ -1,31 +1,38 @@
-"""Feature interpretation from a stored layer: top examples, common tokens, dead and dense features.
+"""Feature interpretation from a stored layer: the examples, statistics and links of every feature.
 
-`FeatureInterpreter` runs the streaming pass of `interpret_pass` once, then rebuilds a
-readable context for every top example from the store's token ids (a window around
-the row inside its own sequence, the token itself marked), so the model never runs.
-`analyze_sae` writes the per-feature records (the seed's schema plus density and a
-histogram), a summary with the dead and dense lists, and the HTML feature browser.
+`FeatureInterpreter` runs the streaming pass (scan.py) once. Then, without the model, it builds
+each feature's page: the top examples and examples per activation quantile (quantiles.py), each
+a window of stored token ids around its row with the feature's activation on every token
+(examples.py), the features with the nearest decoder directions (neighbors.py) and, given the
+model's files, the tokens the feature promotes and suppresses (unembed.py). `analyze_sae` writes
+the per-feature records (the seed's schema plus these), a summary with the dead and dense lists
+and the rows that are the top example of many features (hubs.py), and the HTML browser.
 """
 from __future__ import annotations
 
 import json
-import re
-import sys
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interpret.examples import window_activations, window_rows
+from ghosttrack.interpret.hubs import peak_hint, peak_positions, peak_rows
+from ghosttrack.interpret.inputs import check_inputs, open_store, sae_layer, sae_skip_positions
+from ghosttrack.interpret.outputs import (density_histogram, print_feature_summary, trimmed_histogram,
+                                          write_records)
+from ghosttrack.interpret.quantiles import quantile_edges, quantile_examples
 from ghosttrack.interpret.scan import FeatureStats, LogBins, run_pass
 from ghosttrack.interpret.tokens import TokenDecoder, load_store_tokenizer
 
+__all__ = ["FeatureInterpreter", "InterpretConfig", "analyze_sae", "check_inputs", "density_histogram", "open_store",
+           "print_feature_summary", "sae_layer", "trimmed_histogram", "write_records"]
 FORMATS = ("auto", "json", "jsonl")
-
 
 @dataclass
 class InterpretConfig:
@@ -43,8 +50,24 @@ class InterpretConfig:
     """Skip rows flagged by the store (position 0: attention sinks), as training does."""
     max_norm_ratio: float | None = 3.0
     """Skip rows whose norm exceeds this x the layer's median norm (the loader's rule); None keeps all."""
+    skip_positions: tuple[int, ...] | None = None
+    """Sequence positions left out besides position 0; None: those the SAE was trained without."""
     dense_threshold: float = 0.1
     """A feature active on more than this fraction of rows is listed as dense."""
+    quantile_bands: int = 5
+    """Bands of equal share of each feature's activations shown with examples (0: none)."""
+    examples_per_band: int = 3
+    """Examples shown per quantile band."""
+    sample_size: int = 32
+    """Activations per feature sampled uniformly during the pass to fill the bands."""
+    neighbors: int = 10
+    """Features with the nearest decoder directions listed per feature (0: none)."""
+    model: str | None = None
+    """Model directory or .gguf file whose unembedding gives the promoted/suppressed tokens (None: omitted)."""
+    gguf: str | None = None
+    """GGUF file name inside `model`'s directory."""
+    logit_tokens: int = 10
+    """Promoted and suppressed tokens listed per feature."""
     device: str = "cpu"
     """Device of the encoder pass and the top-k merge."""
     output_format: str = "auto"
@@ -65,58 +88,38 @@ class InterpretConfig:
             raise GhostTrackError(f"max_norm_ratio must be > 0 (or None to keep all rows), got {self.max_norm_ratio}")
         if not 0 < self.dense_threshold <= 1:
             raise GhostTrackError(f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
+        if self.quantile_bands < 0 or self.examples_per_band < 1 or self.sample_size < 0 or self.neighbors < 0:
+            raise GhostTrackError("quantile_bands, sample_size and neighbors must be >= 0, examples_per_band >= 1")
+        if self.quantile_bands and self.sample_size < self.quantile_bands:
+            raise GhostTrackError(f"sample_size {self.sample_size} cannot fill {self.quantile_bands} quantile bands; "
+                                  "raise it (32 fills 5 bands) or pass 0 bands")
+        if self.skip_positions is not None:
+            self.skip_positions = tuple(sorted({int(p) for p in self.skip_positions}))
+            if any(p < 0 for p in self.skip_positions):
+                raise GhostTrackError(f"skip_positions must be >= 0, got {self.skip_positions}")
         if self.output_format not in FORMATS:
             raise GhostTrackError(f"unknown output format '{self.output_format}'; choose one of {', '.join(FORMATS)}")
 
 
-def check_inputs(sae, store, layer: int) -> None:
-    """The errors a user can fix before any work starts."""
-    if layer not in store.layers:
-        have = ", ".join(str(x) for x in store.layers)
-        raise GhostTrackError(f"layer {layer} is not in store {store.path} (it has layers {have}); "
-                              f"extract it with ghosttrack extract --layers {layer}, or pass --layer")
-    if sae.cfg.d_in != store.d_model:
-        raise GhostTrackError(f"the SAE expects d_in={sae.cfg.d_in} but store {store.path} holds d_model="
-                              f"{store.d_model} rows; pass the SAE trained on this store's model and layer")
-    if store.n_tokens == 0:
-        raise GhostTrackError(f"store {store.path} has no committed rows; extract (or --resume) it first")
-    hook_name = str((getattr(sae, "metadata", {}) or {}).get("hook_name") or "")
-    other = {"resid_post": "resid_pre", "resid_pre": "resid_post"}.get(store.hook)
-    if other and other in hook_name:
-        warnings.warn(f"the SAE was trained on {hook_name} but store {store.path} holds {store.hook} rows",
-                      stacklevel=3)
-    try:
-        tokens = np.asarray(store.tokens(0, min(store.n_tokens, store.chunk_tokens)))
-    except Exception as exc:  # noqa: BLE001 - any failure means there are no usable ids
-        raise GhostTrackError(f"store {store.path} has no readable token ids, so contexts cannot be rebuilt; "
-                              "re-extract it with ghosttrack extract") from exc
-    if len(tokens) > 1 and not tokens.any():
-        # Never-written token chunks read as zarr's fill value: a store saved without its ids.
-        raise GhostTrackError(f"store {store.path} has no token ids (they read as all zero), so contexts "
-                              "cannot be rebuilt; re-extract it with ghosttrack extract")
+@dataclass
+class _Pages:
+    """What the feature pages show beyond the pass's statistics, built once after it."""
+
+    example_rows: np.ndarray
+    """(H, E) store rows of the shown examples: the top-k, then the quantile examples (-1: none)."""
+    example_values: np.ndarray
+    """(H, E) their activations."""
+    window_acts: np.ndarray
+    """(H, E, W) the feature's activation on every token of each example's window (NaN: none)."""
+    bands: list[list[dict]]
+    """Per feature, its quantile bands (quantiles.quantile_examples)."""
+    neighbors: tuple[np.ndarray, np.ndarray] | None
+    logits: tuple[np.ndarray, ...] | None
 
 
-def open_store(path):
-    """ActivationStore.open, with a store that lacks its token-id array named as such."""
-    from ghosttrack.store.errors import StoreError
-    from ghosttrack.store.reader import ActivationStore
-
-    try:
-        return ActivationStore.open(path)
-    except StoreError:
-        if (Path(path) / "zarr.json").is_file() and not (Path(path) / "tokens").exists():
-            raise GhostTrackError(f"store {path} has no token ids, so contexts cannot be rebuilt; "
-                                  "re-extract it with ghosttrack extract") from None
-        raise
-
-
-def sae_layer(sae) -> int | None:
-    """The layer an SAE was trained on, from its metadata (hook_layer, or the hook name's block index)."""
-    meta = getattr(sae, "metadata", {}) or {}
-    if meta.get("hook_layer") is not None:
-        return int(meta["hook_layer"])
-    match = re.search(r"(\d+)", str(meta.get("hook_name", "")))
-    return int(match.group(1)) if match else None
+def _rounded(values: np.ndarray) -> list[float | None]:
+    """4 significant digits (the page shows 4), None where there is no value."""
+    return [None if v != v else float(f"{v:.4g}") for v in values.tolist()]
 
 
 class FeatureInterpreter:
@@ -130,30 +133,42 @@ class FeatureInterpreter:
         check_inputs(sae, store, self.layer)
         self.sae = sae.to(self.config.device).eval()
         self.store = store
+        skip = self.config.skip_positions
+        self.skip_positions = tuple(skip) if skip is not None else sae_skip_positions(sae)
         tokenizer = tokenizer if tokenizer is not None else load_store_tokenizer(store)
         if tokenizer is None:
             warnings.warn(f"no tokenizer found for store {store.path}; contexts show token ids", stacklevel=2)
         self.decoder = TokenDecoder(tokenizer)
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        self._unembedding = None
+        if self.config.model:  # read (and checked) before the pass, so a wrong path fails fast
+            from ghosttrack.interpret.unembed import load_unembedding
+
+            self._unembedding = load_unembedding(self.config.model, self.config.gguf)
+            if self._unembedding.d_model != sae.cfg.d_in:
+                raise GhostTrackError(f"--model {self.config.model} has d_model={self._unembedding.d_model} but the "
+                                      f"SAE has d_in={sae.cfg.d_in}; pass the model the store was extracted from")
         self._stats: FeatureStats | None = None
+        self._pages: _Pages | None = None
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)
 
+    @torch.inference_mode()
+    def _encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x_BD)
+
     def run(self) -> FeatureStats:
         """The streaming pass (once; later calls reuse it)."""
         if self._stats is None:
             cfg = self.config
-
-            @torch.inference_mode()
-            def encode(x_BD: torch.Tensor) -> torch.Tensor:
-                return self.sae.encode(x_BD)
-
             self._stats = run_pass(
-                self.store, self.layer, encode, self.d_sae, top_k=cfg.top_k, batch_size=cfg.batch_size,
+                self.store, self.layer, self._encode, self.d_sae, top_k=cfg.top_k, batch_size=cfg.batch_size,
                 device=cfg.device, skip_flagged=cfg.skip_flagged, max_norm_ratio=cfg.max_norm_ratio,
-                bins=LogBins(), progress=cfg.progress,
+                skip_positions=self.skip_positions, bins=LogBins(),
+                sample_size=cfg.sample_size if cfg.quantile_bands else 0, progress=cfg.progress,
             )
         return self._stats
 
@@ -168,6 +183,43 @@ class FeatureInterpreter:
             raise GhostTrackError(f"feature {feature_id} does not exist: the SAE has features 0-{self.d_sae - 1}")
         return int(feature_id)
 
+    def pages(self) -> _Pages:
+        """Quantile examples, per-token activations of every shown window, neighbours, logits (once)."""
+        if self._pages is not None:
+            return self._pages
+        stats, cfg = self.run(), self.config
+        n_bands, per = cfg.quantile_bands, cfg.examples_per_band
+        q_rows = np.full((self.d_sae, n_bands * per), -1, dtype=np.int64)
+        q_vals = np.full((self.d_sae, n_bands * per), np.nan, dtype=np.float32)
+        bands: list[list[dict]] = [[] for _ in range(self.d_sae)]
+        if n_bands and stats.sample_rows is not None:
+            for f in np.flatnonzero(stats.counts):
+                top = float(stats.max_values[f])
+                edges = quantile_edges(stats.histogram[f], stats.bins, top, n_bands)
+                bands[f] = quantile_examples(stats.sample_rows[f], stats.sample_values[f], edges, top, n_bands, per)
+                for b in bands[f]:
+                    at = b["band"] * per
+                    q_rows[f, at:at + len(b["rows"])] = b["rows"]
+                    q_vals[f, at:at + len(b["rows"])] = b["values"]
+        rows = np.concatenate([stats.top_rows, q_rows], axis=1)
+        values = np.concatenate([stats.top_values, q_vals], axis=1)
+        _, _, seqs = self._token_arrays()
+        acts = window_activations(self.store, self.layer, self._encode, rows, seqs, stats.keep_mask,
+                                  before=cfg.context_before, after=cfg.context_after, batch_size=cfg.batch_size,
+                                  device=cfg.device)
+        neighbors = logits = None
+        if cfg.neighbors:
+            from ghosttrack.interpret.neighbors import nearest_by_decoder
+
+            neighbors = nearest_by_decoder(self.sae.W_dec, cfg.neighbors)
+        if self._unembedding is not None:
+            from ghosttrack.interpret.unembed import logit_effects
+
+            vocab = len(self.decoder.tokenizer) if self.decoder.tokenizer is not None else None
+            logits = logit_effects(self.sae.W_dec, self._unembedding, cfg.logit_tokens, vocab_size=vocab)
+        self._pages = _Pages(rows, values, acts, bands, neighbors, logits)
+        return self._pages
+
     def find_top_activating_examples(self, feature_id: int, k: int | None = None) -> list[tuple[float, int]]:
         """(activation, store row) of the feature's strongest rows, best first (at most top_k)."""
         stats = self.run()
@@ -176,23 +228,29 @@ class FeatureInterpreter:
         out = [(float(v), int(r)) for v, r in zip(vals, rows) if r >= 0]
         return out[:k] if k is not None else out
 
-    def contexts(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        """Readable windows around store rows: text, tokens, index of the row's token, its position."""
+    def contexts(self, rows: np.ndarray, acts_EW: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Readable windows around store rows: text, tokens, index of the row's token, its position,
+        where documents start (`doc_start`: the window begins at position 0; `eos`: indices of EOS
+        separators) and, with `acts_EW` (E, W), the activation on each token (None where there is none)."""
         tokens, positions, seqs = self._token_arrays()
-        before, after = self.config.context_before, self.config.context_after
+        before = self.config.context_before
         rows = np.asarray(rows, dtype=np.int64)
-        idx_EW = rows[:, None] + np.arange(-before, after + 1)[None, :]
-        inside_EW = (idx_EW >= 0) & (idx_EW < len(tokens))
-        idx_EW = np.clip(idx_EW, 0, len(tokens) - 1)
-        same_EW = inside_EW & (seqs[idx_EW] == seqs[rows][:, None])
+        idx_EW, same_EW = window_rows(rows, seqs, before, self.config.context_after)
         ids_EW = tokens[idx_EW]
         self.decoder.pieces(np.unique(ids_EW[same_EW]))  # one batched decode of every distinct id
         windows = [ids_EW[e][same_EW[e]] for e in range(len(rows))]
         texts = self.decoder.texts(windows)
         marked_E = same_EW[:, :before].sum(1)
-        return [{"tokens": self.decoder.pieces(ids), "token_index": int(i), "text": text,
-                 "position": int(positions[row]), "row": int(row)}
-                for ids, i, text, row in zip(windows, marked_E, texts, rows)]
+        out = []
+        for e, (ids, i, text, row) in enumerate(zip(windows, marked_E, texts, rows)):
+            first = idx_EW[e][same_EW[e]][0] if len(ids) else row
+            ctx = {"tokens": self.decoder.pieces(ids), "token_index": int(i), "text": text,
+                   "position": int(positions[row]), "row": int(row), "doc_start": bool(positions[first] == 0),
+                   "eos": np.flatnonzero(ids == self.eos_id).tolist() if self.eos_id is not None else []}
+            if acts_EW is not None:
+                ctx["acts"] = _rounded(acts_EW[e][same_EW[e]])
+            out.append(ctx)
+        return out
 
     @staticmethod
     def extract_common_tokens(examples: list[dict[str, Any]], top_n: int = 10) -> list[tuple[str, int]]:
@@ -219,43 +277,64 @@ class FeatureInterpreter:
 
     def records(self, feature_ids: list[int]) -> list[dict[str, Any]]:
         """The records of these features (their contexts rebuilt in one batch)."""
-        stats = self.run()
-        sel = stats.top_rows[feature_ids]
-        rows = sel[sel >= 0]
-        contexts = iter(self.contexts(rows)) if len(rows) else iter(())
+        stats, pages, k = self.run(), self.pages(), self.config.top_k
+        sel = pages.example_rows[feature_ids]
+        valid = sel >= 0
+        contexts = iter(self.contexts(sel[valid], pages.window_acts[feature_ids][valid]) if valid.any() else ())
         density, means, edges = stats.density, stats.mean_values, stats.bins.edges()
         records = []
-        for f, rows_k in zip(feature_ids, sel):
+        for f, rows_e in zip(feature_ids, sel):
             examples = []
-            for v, r in zip(stats.top_values[f], rows_k):
-                if r >= 0:
-                    ctx = next(contexts)
-                    examples.append({
-                        "text": ctx["text"], "position": ctx["position"], "activation": float(v),
-                        "token": ctx["tokens"][ctx["token_index"]] if ctx["tokens"] else "",
-                        "tokens": ctx["tokens"], "token_index": ctx["token_index"], "row": ctx["row"],
-                    })
+            for v, r in zip(pages.example_values[f], rows_e):
+                ctx = next(contexts) if r >= 0 else None
+                examples.append(None if ctx is None else {
+                    "text": ctx["text"], "position": ctx["position"], "activation": float(v),
+                    "token": ctx["tokens"][ctx["token_index"]] if ctx["tokens"] else "",
+                    **{key: ctx[key] for key in ("tokens", "token_index", "row", "acts", "doc_start", "eos")}})
+            top = [ex for ex in examples[:k] if ex is not None]
+            per = self.config.examples_per_band
             count = int(stats.counts[f])
-            records.append({
+            record = {
                 "feature_id": int(f),
                 "active": count > 0,
                 "num_activations": count,
                 "top_activation": float(stats.max_values[f]),
                 "mean_activation": float(means[f]),
                 "density": float(density[f]),
-                "common_tokens": [[t, c] for t, c in self.extract_common_tokens(examples)],
-                "top_examples": examples,
+                "common_tokens": [[t, c] for t, c in self.extract_common_tokens(top)],
+                "top_examples": top,
                 "histogram": trimmed_histogram(stats.histogram[f], edges, float(stats.max_values[f])),
-            })
+                "quantiles": [{"band": b["band"], "lo": b["lo"], "hi": b["hi"],
+                               "examples": [ex for ex in examples[k + b["band"] * per:k + (b["band"] + 1) * per]
+                                            if ex is not None]} for b in pages.bands[f]],
+            }
+            if pages.neighbors is not None:
+                ids, cos = pages.neighbors
+                record["neighbors"] = [[int(i), round(float(c), 4)] for i, c in zip(ids[f], cos[f])]
+            if pages.logits is not None:
+                up_ids, up_vals, down_ids, down_vals = (a[f] for a in pages.logits)
+                record["logits"] = {
+                    "promoted": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(up_ids), up_vals)],
+                    "suppressed": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(down_ids), down_vals)]}
+            records.append(record)
         return records
 
     def summary(self) -> dict[str, Any]:
-        """Layer-level facts: rows scanned and skipped, dead and dense lists, the density histogram."""
+        """Layer-level facts: rows scanned and skipped, dead and dense lists, the density histogram,
+        and the rows and positions that are the top example of an unusual share of features."""
         stats = self.run()
         density = stats.density
         dead = np.flatnonzero(stats.counts == 0)
         dense = np.flatnonzero(density > self.config.dense_threshold)
         n = self.d_sae
+        _, positions, _ = self._token_arrays()
+        top_rows = stats.top_rows[:, 0]
+        kept = positions[stats.keep_mask] if stats.keep_mask is not None else positions
+        rows = peak_rows(top_rows)
+        for peak, ctx in zip(rows, self.contexts(np.array([r["row"] for r in rows], dtype=np.int64))):
+            peak.update(position=ctx["position"], text=ctx["text"], tokens=ctx["tokens"],
+                        token_index=ctx["token_index"])
+        at_positions = peak_positions(top_rows, positions, kept)
         return {
             "layer": self.layer,
             "store": str(self.store.path),
@@ -268,72 +347,18 @@ class FeatureInterpreter:
             "rows_scanned": stats.n_rows,
             "rows_skipped_flagged": stats.skipped_flagged,
             "rows_skipped_outliers": stats.skipped_outliers,
+            "rows_skipped_positions": stats.skipped_positions,
+            "skip_positions": list(self.skip_positions),
             "median_norm": stats.median_norm,
             "config": asdict(self.config),
             "dead": {"count": len(dead), "fraction": len(dead) / n, "features": dead.tolist()},
             "dense": {"count": len(dense), "fraction": len(dense) / n, "threshold": self.config.dense_threshold,
                       "features": [{"feature_id": int(f), "density": float(density[f])} for f in dense]},
             "density_histogram": density_histogram(density[stats.counts > 0], stats.n_rows),
+            "peak_rows": rows,
+            "peak_positions": at_positions,
+            "peak_hint": peak_hint(rows, at_positions),
         }
-
-
-def trimmed_histogram(counts: np.ndarray, edges: np.ndarray, top: float) -> dict[str, list]:
-    """The nonempty span of a feature's log-bin histogram; outer edges made finite (0 and the max)."""
-    nz = np.flatnonzero(counts)
-    if len(nz) == 0:
-        return {"bin_edges": [], "counts": []}
-    lo, hi = int(nz[0]), int(nz[-1])
-    full = np.concatenate([[0.0], edges, [max(top, float(edges[-1]))]])
-    bin_edges = full[lo:hi + 2].astype(float)
-    bin_edges[-1] = min(bin_edges[-1], max(top, bin_edges[-2]))  # the last bin ends at the max seen
-    return {"bin_edges": [float(x) for x in bin_edges], "counts": counts[lo:hi + 1].astype(int).tolist()}
-
-
-def density_histogram(density: np.ndarray, n_rows: int, per_decade: int = 4) -> dict[str, list]:
-    """Counts of live features per log10(density) bin, from 1/n_rows up to 1."""
-    lowest = np.floor(np.log10(1.0 / max(n_rows, 1)))
-    edges = np.linspace(lowest, 0.0, int(-lowest * per_decade) + 1) if lowest < 0 else np.array([-1.0, 0.0])
-    counts, _ = np.histogram(np.log10(density[density > 0]), bins=edges)
-    return {"log10_edges": [float(e) for e in edges], "counts": counts.astype(int).tolist()}
-
-
-def print_feature_summary(interpretation: dict[str, Any], file: TextIO | None = None, max_examples: int = 5) -> None:
-    """One feature, readable in a terminal: stats, common tokens, top examples with the token in [[ ]]."""
-    out = file or sys.stdout
-    it = interpretation
-    state = "active" if it["active"] else "DEAD"
-    print(f"Feature {it['feature_id']} ({state})", file=out)
-    density = f", density {it['density']:.3%}" if "density" in it else ""
-    print(f"  activations: {it['num_activations']:,}{density}, max {it['top_activation']:.4g}, "
-          f"mean {it['mean_activation']:.4g}", file=out)
-    if it["common_tokens"]:
-        tokens = ", ".join(f"{tok!r} x{count}" for tok, count in it["common_tokens"][:8])
-        print(f"  common tokens: {tokens}", file=out)
-    for ex in it["top_examples"][:max_examples]:
-        if "tokens" in ex:
-            i = ex["token_index"]
-            text = "".join(ex["tokens"][:i]) + "[[" + ex["tokens"][i] + "]]" + "".join(ex["tokens"][i + 1:])
-        else:
-            text = ex["text"]
-        print(f"  {ex['activation']:8.4g}  pos {ex['position']:>4}  {text!r}", file=out)
-
-
-def write_records(blocks: Iterable[list[dict[str, Any]]], directory: Path, *, jsonl: bool) -> Path:
-    """Stream record blocks to features.json (one list) or features.jsonl (one feature per line)."""
-    path = directory / ("features.jsonl" if jsonl else "features.json")
-    other = directory / ("features.json" if jsonl else "features.jsonl")
-    other.unlink(missing_ok=True)  # a rerun in the other format must not leave a stale file behind
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write("" if jsonl else "[")
-        first = True
-        for block in blocks:
-            for rec in block:
-                fh.write(json.dumps(rec) + "\n" if jsonl else ("" if first else ",\n") + json.dumps(rec))
-                first = False
-        fh.write("" if jsonl else "]\n")
-    tmp.replace(path)
-    return path
 
 
 def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *, layer: int | None = None,

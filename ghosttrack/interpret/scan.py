@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interpret.sampling import UniformSample
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class FeatureAccumulator:
     """
 
     def __init__(self, d_sae: int, top_k: int, *, bins: LogBins = LogBins(), device: torch.device | str = "cpu",
-                 numpy_nonzero: bool | None = None):
+                 numpy_nonzero: bool | None = None, sample_size: int = 0):
         if top_k < 1:
             raise GhostTrackError(f"top_k must be >= 1, got {top_k}; pass --top-k 1 or more")
         self.d_sae, self.top_k, self.bins = d_sae, top_k, bins
@@ -91,6 +92,8 @@ class FeatureAccumulator:
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._pending_n = 0
         self.merge_at = d_sae * top_k
+        # A uniform sample of every feature's activations, split into quantile bands after the pass.
+        self.sample = UniformSample(d_sae, sample_size, device) if sample_size > 0 else None
 
     def _nonzero(self, acts_BH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat indices, values) of the entries > 0, in row-major order."""
@@ -125,6 +128,8 @@ class FeatureAccumulator:
         self.count_H.index_add_(0, h_N, ones_N)
         self.sum_H.index_add_(0, h_N, v_N.double())
         self.hist_NH.view(-1).index_add_(0, self.bin_of(v_N) * self.d_sae + h_N, ones_N)
+        if self.sample is not None:
+            self.sample.offer(h_N, v_N, rows_B[flat_N // self.d_sae])
         # Only values above the feature's current k-th best can change its top-k.
         enter_N = v_N > self.top_vals_HK[h_N, -1]
         flat_M = flat_N[enter_N]
@@ -168,6 +173,8 @@ class FeatureAccumulator:
         """The statistics as numpy arrays (unfilled top-k slots: value nan, row -1)."""
         with _cpu_threads(self.device, 1):
             self.flush()
+            if self.sample is not None:
+                self.sample.flush()
         rows = self.top_rows_HK.cpu().numpy()
         vals = self.top_vals_HK.cpu().numpy().copy()
         vals[rows < 0] = np.nan
@@ -179,6 +186,8 @@ class FeatureAccumulator:
             sums=self.sum_H.cpu().numpy(),
             histogram=self.hist_NH.t().cpu().numpy(),
             bins=self.bins,
+            sample_rows=None if self.sample is None else self.sample.rows_HM.cpu().numpy(),
+            sample_values=None if self.sample is None else self.sample.vals_HM.cpu().numpy(),
         )
 
 
@@ -199,10 +208,19 @@ class FeatureStats:
     histogram: np.ndarray
     """(H, n_bins) int64 counts of nonzero activations per `bins` bin."""
     bins: LogBins
+    sample_rows: np.ndarray | None = None
+    """(H, M) int64 store rows of a uniform random sample of each feature's activations
+    (sampling.py), in sample-key order; -1 where the feature fired on fewer than M rows."""
+    sample_values: np.ndarray | None = None
+    """(H, M) float32 activations of `sample_rows`."""
+    keep_mask: np.ndarray | None = None
+    """(n_tokens,) bool: the rows the pass read (False: skipped by the row rule)."""
     skipped_flagged: int = 0
     """Rows skipped because they are flagged (position 0, attention sinks)."""
     skipped_outliers: int = 0
     """Rows skipped because their norm exceeds max_norm_ratio x the median norm."""
+    skipped_positions: int = 0
+    """Rows skipped for their position (skip_positions; position 0 counts as flagged)."""
     median_norm: float | None = None
 
     @property
@@ -230,22 +248,25 @@ def run_pass(
     device: torch.device | str = "cpu",
     skip_flagged: bool = True,
     max_norm_ratio: float | None = 3.0,
+    skip_positions: tuple[int, ...] = (),
     bins: LogBins = LogBins(),
+    sample_size: int = 0,
     progress: bool = True,
 ) -> FeatureStats:
     """Stream `layer` of `store` through `encode` ((B, D) float32 -> (B, H) >= 0) once.
 
     Which rows are skipped is decided by the loader's own scan (`scan_layer`): position-0
-    rows (flagged attention sinks) and rows whose norm exceeds `max_norm_ratio` x the
-    median norm; a layer with NaN/inf rows is refused there.
+    rows (flagged attention sinks), rows at `skip_positions`, and rows whose norm exceeds
+    `max_norm_ratio` x the median norm; a layer with NaN/inf rows is refused there.
     """
     from ghosttrack.store.stats import scan_layer
 
     if batch_size < 1:
         raise GhostTrackError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    scan = scan_layer(store, layer, skip_flagged=skip_flagged, max_norm_ratio=max_norm_ratio, progress=progress)
-    acc = FeatureAccumulator(d_sae, top_k, bins=bins, device=device)
+    scan = scan_layer(store, layer, skip_flagged=skip_flagged, max_norm_ratio=max_norm_ratio,
+                      skip_positions=skip_positions, progress=progress)
+    acc = FeatureAccumulator(d_sae, top_k, bins=bins, device=device, sample_size=sample_size)
 
     def read(c: int) -> tuple[np.ndarray, np.ndarray]:
         # On the prefetch thread: copy the kept rows out of the memmap while the encoder works.
@@ -268,5 +289,7 @@ def run_pass(
     bar.close()
     stats = acc.result()
     stats.skipped_flagged, stats.skipped_outliers = scan.n_flagged_skipped, scan.n_outliers_skipped
+    stats.skipped_positions = scan.n_positions_skipped
     stats.median_norm = scan.median_norm
+    stats.keep_mask = np.concatenate([scan.keep(c) for c in range(store.n_chunks)]) if store.n_chunks else None
     return stats

@@ -1,4 +1,5 @@
-"""The static feature browser: data files, escaping, and the page itself in headless Chromium."""
+"""The static feature browser: data files, escaping, and the page itself in headless Chromium
+(per-token shading, boundaries, quantile bands, nearest features, logit lists, text search)."""
 import json
 import re
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ghosttrack.interpret.browser import PART_SIZE, write_browser
 from ghosttrack.interpret.features import density_histogram
@@ -14,6 +16,7 @@ from ghosttrack.interpret.features import density_histogram
 CHROMIUM = Path("/usr/bin/chromium")
 N_FEATURES = PART_SIZE + 44  # two data files, the second one partial
 EVIL = "<img src=x onerror=\"document.title='pwned'\">"
+EOS = "<|endoftext|>"
 
 
 def fake_records(n: int) -> list[dict]:
@@ -25,8 +28,12 @@ def fake_records(n: int) -> list[dict]:
         acts = [] if dead else sorted(rng.uniform(0.5, 5.0, 4).tolist(), reverse=True)
         token = EVIL if f == 5 else f" tok{f}"
         examples = [{"text": f"before {i} {token} after", "position": 3 + i, "activation": a, "token": token,
-                     "tokens": ["before", f" {i}", token, " after"], "token_index": 2, "row": 100 * f + i}
+                     "tokens": ["before", f" {i}", token, EOS if i == 1 else " after"], "token_index": 2,
+                     "row": 100 * f + i, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
+                     "eos": [3] if i == 1 else []}
                     for i, a in enumerate(acts)]
+        quantiles = [] if dead else [{"band": b, "lo": b / 5, "hi": (b + 1) / 5, "examples": [
+            {**examples[0], "activation": (b + 0.5) / 5, "text": f"band {b} of {f}", "row": 7000 + b}]} for b in range(5)]
         records.append({
             "feature_id": f, "active": not dead, "num_activations": 0 if dead else 40 + f,
             "top_activation": acts[0] if acts else 0.0, "mean_activation": float(np.mean(acts)) if acts else 0.0,
@@ -34,6 +41,8 @@ def fake_records(n: int) -> list[dict]:
             "common_tokens": [] if dead else [[token, len(acts)], [" and", 1]],
             "top_examples": examples,
             "histogram": {"bin_edges": [] if dead else [0.4, 1.0, 2.0, 6.0], "counts": [] if dead else [10, 20, 10 + f]},
+            "quantiles": quantiles,
+            "neighbors": [[(f + 1) % n, 0.5], [(f + 2) % n, 0.25]],
         })
     return records
 
@@ -47,7 +56,11 @@ def fake_summary(records: list[dict]) -> dict:
             "d_in": 32, "d_sae": n, "rows_scanned": 10_000, "rows_skipped_flagged": 80, "rows_skipped_outliers": 3,
             "dead": {"count": len(dead), "fraction": len(dead) / n, "features": dead},
             "dense": {"count": len(dense), "fraction": len(dense) / n, "threshold": 0.1, "features": dense},
-            "density_histogram": density_histogram(density[density > 0], 10_000)}
+            "density_histogram": density_histogram(density[density > 0], 10_000),
+            "peak_rows": [{"row": 4242, "features": 12, "share": 0.05, "feature_ids": [2, 4, 6], "position": 1,
+                           "text": "sink here", "tokens": [" sink", " here"], "token_index": 0}],
+            "peak_positions": [{"position": 1, "features": 12, "share": 0.05, "expected_share": 0.01}],
+            "peak_hint": "1 row(s) are each the top example of many features; pass --skip-positions 1"}
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +80,17 @@ def _js_payload(path: Path, call: str):
 def test_data_files(page):
     index, records = page
     data = index.parent / "browser_data"
-    assert sorted(p.name for p in data.iterdir()) == ["features_0000.js", "features_0001.js", "overview.js"]
+    assert sorted(p.name for p in data.iterdir()) == ["features_0000.js", "features_0001.js", "overview.js",
+                                                      "text_0000.js", "text_0001.js"]
     (overview,) = _js_payload(data / "overview.js", "GT.overview")
     assert overview["d_sae"] == N_FEATURES and len(overview["features"]["density"]) == N_FEATURES
     part, features = _js_payload(data / "features_0001.js", "GT.part")
     assert part == 1 and [f["id"] for f in features] == list(range(PART_SIZE, N_FEATURES))
     assert features[0]["examples"][0][2] == records[PART_SIZE]["top_examples"][0]["tokens"]
+    assert features[0]["examples"][0][5] == records[PART_SIZE]["top_examples"][0]["acts"]
+    assert features[0]["quantiles"][2][2][0][0] == records[PART_SIZE]["quantiles"][2]["examples"][0]["activation"]
+    part, texts = _js_payload(data / "text_0001.js", "GT.text")
+    assert part == 1 and texts[0] == [ex["text"] for ex in records[PART_SIZE]["top_examples"]]
     # "</" is escaped in the data files, and the title is HTML-escaped in the page.
     assert "</" not in (data / "features_0000.js").read_text() and "</" not in (data / "overview.js").read_text()
     assert "tiny &lt;script&gt;alert(1) &amp; co" in index.read_text()
@@ -82,7 +100,8 @@ def test_rewrite_replaces_data(page, tmp_path):
     index, records = page
     shutil.copytree(index.parent, tmp_path / "copy")
     write_browser(tmp_path / "copy", records[:10], fake_summary(records[:10]))
-    assert sorted(p.name for p in (tmp_path / "copy" / "browser_data").iterdir()) == ["features_0000.js", "overview.js"]
+    assert sorted(p.name for p in (tmp_path / "copy" / "browser_data").iterdir()) == ["features_0000.js", "overview.js",
+                                                                                     "text_0000.js"]
     with pytest.raises(ValueError, match="ordered by feature id"):
         write_browser(tmp_path / "bad", records[1:5], fake_summary(records[1:5]))
 
@@ -115,16 +134,34 @@ def test_page_in_chromium(page, tmp_path):
     assert f"{dead} (" in by_id(overview, "stat-dead") and "rows scanned" in overview
     assert "<rect" in by_id(overview, "density-histogram")
     assert 'href="#feature=1"' in by_id(overview, "dense-list")
+    peaks = by_id(overview, "peak-rows")
+    assert "--skip-positions 1" in peaks and "4242" in peaks and 'href="#feature=6"' in peaks
     # A feature page (in the second data file) shows its contexts with the token highlighted.
     f = PART_SIZE + 7
     view = chromium(tmp_path, url + f"#feature={f}", "--dump-dom")
     examples = by_id(view, "examples")
     assert examples.count('class="example"') == len(records[f]["top_examples"])
-    assert f'<span class="hl"' in examples and f"tok{f}</span>" in examples and "before" in examples
+    assert f"tok{f}</span>" in examples and "before" in examples
+    # Every token is shaded by its activation (value on hover); the skipped row is hatched;
+    # the sequence start and the EOS separator are marked.
+    act0 = records[f]["top_examples"][0]["activation"]
+    assert re.search(r'class="tok peak"[^>]*title="pos 3 · activation ' + f"{act0:.4g}", examples)
+    assert examples.count('class="tok"') >= len(records[f]["top_examples"])
+    assert "background: rgba(255, 140, 0" in examples and 'class="tok skipped"' in examples
+    assert examples.count('class="bound"') == 1 and 'class="tok eos"' in examples
     assert "<rect" in by_id(view, "activation-histogram")
+    bands = by_id(view, "quantiles")
+    assert all(f'id="band-{b}"' in bands for b in range(5)) and "Quantile 80–100%" in bands
+    assert bands.count('class="example"') == 5 and ">0.7</span>" in bands  # band 3's example, activation 0.7
+    assert 'id="logits"' not in view  # no model given for this page
+    assert f'href="#feature={f + 1}"' in by_id(view, "neighbors")
     # Search by token finds the feature; search by id opens its page.
     hits = by_id(chromium(tmp_path, url + "#search=tok42", "--dump-dom"), "search-results")
     assert 'href="#feature=42"' in hits and 'href="#feature=43"' not in hits
+    # Search over the context text: "tok18 after" is only in feature 18's contexts (not 180's).
+    text_hits = by_id(chromium(tmp_path, url + "#search=TOK18%20after", "--dump-dom"), "text-results")
+    assert 'href="#feature=18"' in text_hits and "<mark>tok18 after</mark>" in text_hits
+    assert text_hits.count('href="#feature=') == 1
     assert "<h2 id=\"feature-title\">Feature 18</h2>" in chromium(tmp_path, url + "#search=18", "--dump-dom")
     # A token made of markup stays text.
     evil = chromium(tmp_path, url + "#feature=5", "--dump-dom")
@@ -132,3 +169,33 @@ def test_page_in_chromium(page, tmp_path):
     # A screenshot renders (look at it when changing the page: tmp_path / "feature.png").
     chromium(tmp_path, url + f"#feature={f}", f"--screenshot={tmp_path / 'feature.png'}", "--window-size=1200,900")
     assert (tmp_path / "feature.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_real_pipeline_page_with_logits(tiny_gpt2_dir, corpus_file, tmp_path):
+    """extract -> SAE -> interpret --model on the tiny GPT-2: the page lists promoted/suppressed tokens."""
+    from click.testing import CliRunner
+
+    from ghosttrack.cli import main
+    from ghosttrack.sae import SparseAutoencoder, TopKSAEConfig
+
+    store = tmp_path / "store"
+    done = CliRunner().invoke(main, [
+        "extract", "--model", str(tiny_gpt2_dir), "--corpus", str(corpus_file), "--layers", "2", "--tokens", "1024", "--seq-len", "32", "--batch-size", "8",
+        "--chunk-tokens", "256", "--device", "cpu", "--out", str(store)], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    torch.manual_seed(0)
+    SparseAutoencoder(TopKSAEConfig(d_in=32, d_sae=40, k=4), {"hook_layer": 2, "hook_name": "blocks.2.hook_resid_post",
+                                                               "model_name": "tiny"}).save(tmp_path / "sae")
+    done = CliRunner().invoke(main, ["interpret", "--store", str(store), "--sae", str(tmp_path / "sae"), "--top-k", "3",
+                                     "--model", str(tiny_gpt2_dir), "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert done.exit_code == 0, done.output
+    layer_dir = tmp_path / "o" / "layer_2"
+    records = json.loads((layer_dir / "features.json").read_text())
+    rec = max(records, key=lambda r: r["num_activations"])
+    assert len(rec["logits"]["promoted"]) == len(rec["logits"]["suppressed"]) == 10
+    view = chromium(tmp_path, (layer_dir / "index.html").as_uri() + f"#feature={rec['feature_id']}", "--dump-dom")
+    logits = by_id(view, "logits")
+    assert "Promoted tokens" in logits and "Suppressed tokens" in logits
+    assert logits.count('class="chip up"') == logits.count('class="chip down"') == 10
+    assert "background: rgba(255, 140, 0" in by_id(view, "examples") and 'id="band-0"' in view
