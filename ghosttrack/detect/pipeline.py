@@ -1,0 +1,205 @@
+"""`ghosttrack detect` as a library call: check the inputs, compute (or reuse) features, evaluate, report."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ghosttrack.detect.data import Examples, check_for_cv, load_examples, subsample_groups
+from ghosttrack.detect.evaluate import evaluate_method, evaluate_transfer
+from ghosttrack.detect.features import (FeatureSet, add_sae_features, add_track_features, cache_key, compute_features,
+                                        load_features, save_features)
+from ghosttrack.detect.methods import build_methods
+from ghosttrack.detect.report import write_results
+from ghosttrack.errors import GhostTrackError
+
+
+@dataclass
+class DetectConfig:
+    folds: int = 5
+    """Outer cross-validation folds (grouped)."""
+    inner_folds: int = 3
+    """Inner folds on each training split that choose a probe's layer, position and C."""
+    seed: int = 0
+    """Seeds the folds, the bootstrap and --max-examples."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of groups for the AUROC interval."""
+    batch_size: int = 16
+    """Examples per forward pass."""
+    max_tokens: int = 128
+    """Longest input (question cut from the left to fit)."""
+    max_answer_tokens: int = 48
+    """Answer tokens kept (the rest are cut)."""
+    max_examples: int | None = None
+    """Evaluate a random subset of whole groups of about this many examples (per source)."""
+    probe_layers: list[int] | None = None
+    """Layers the residual probe may choose from (None: every layer)."""
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.folds < 2 or self.inner_folds < 2:
+            raise GhostTrackError("--folds and --inner-folds must be at least 2")
+        if self.bootstrap < 1:
+            raise GhostTrackError("--bootstrap must be at least 1")
+        if self.max_examples is not None and self.max_examples < 2 * self.folds:
+            raise GhostTrackError(f"--max-examples {self.max_examples} is too few for {self.folds} folds")
+
+
+def prepare_examples(spec: str, config: DetectConfig) -> Examples:
+    """Load, subsample whole groups if asked, and refuse data a grouped K-fold cannot score."""
+    examples = load_examples(spec)
+    if config.max_examples:
+        examples = subsample_groups(examples, config.max_examples, config.seed)
+    # The inner split runs on (folds - 1) / folds of the groups: it needs enough of them too.
+    check_for_cv(examples, max(config.folds, config.inner_folds + 1))
+    return examples
+
+
+def sae_layers(sae_dirs: list[Path]) -> dict[int, Path]:
+    """{layer: SAE folder} from each cfg.json's hook_layer; only resid_post SAEs match what detect reads."""
+    found: dict[int, Path] = {}
+    for directory in sae_dirs:
+        cfg = json.loads((directory / "cfg.json").read_text())
+        meta = cfg.get("metadata", {})
+        layer, hook = meta.get("hook_layer", cfg.get("hook_layer")), meta.get("hook_name", cfg.get("hook_name")) or ""
+        if layer is None:
+            raise GhostTrackError(f"{directory}/cfg.json names no hook_layer; detect needs the layer each SAE reads")
+        if "resid_pre" in hook:
+            raise GhostTrackError(f"{directory} was trained on {hook}; detect reads resid_post, train on that")
+        if int(layer) in found:
+            raise GhostTrackError(f"two SAEs for layer {layer}: {found[int(layer)]} and {directory}; pass one per layer")
+        found[int(layer)] = directory
+    return found
+
+
+def build_tracker(matches: Path | None, saes: dict):
+    """(HypothesisTracker over the SAE layers, None) or (None, why there is none)."""
+    if matches is None:
+        return None, "no --matches given (make them with `ghosttrack match`)"
+    if len(saes) < 2:
+        return None, "tracks need SAEs on at least two layers (--sae with layer_<i>/ folders)"
+    from ghosttrack.tracks.edges import read_matches
+    from ghosttrack.tracks.pipeline import DEFAULT_MIN_SCORE
+    from ghosttrack.tracks.tracker import HypothesisTracker
+
+    layers = sorted(saes)
+    return HypothesisTracker(layers, read_matches(matches, layers), {k: saes[k].cfg.d_sae for k in layers},
+                             min_score=DEFAULT_MIN_SCORE), None
+
+
+def features_for(loaded, model_name: str, examples: Examples, layers: list[int], saes: dict, tracker,
+                 config: DetectConfig, cache_root: Path, progress: bool = True,
+                 token_layers: list[int] | None = None) -> tuple[FeatureSet, str]:
+    """The FeatureSet of `examples`: the forward pass from CACHE/<key>/ when an identical run
+    already made it, then the SAE latents and tracker statistics derived from its token rows.
+    token_layers (default: the SAE layers) are the layers whose answer-token rows are kept."""
+    token_layers = sorted(saes) if token_layers is None else sorted(token_layers)
+    settings = {"max_tokens": config.max_tokens, "max_answer_tokens": config.max_answer_tokens, "dtype": config.dtype}
+    key = cache_key(model_name, examples, layers, token_layers, settings)
+    features = load_features(cache_root / key)
+    if features is None:
+        features = compute_features(loaded(), examples, layers, token_layers, batch_size=config.batch_size,
+                                    max_tokens=config.max_tokens, max_answer_tokens=config.max_answer_tokens,
+                                    progress=progress)
+        save_features(features, cache_root / key)
+    latents = add_sae_features(features, saes)
+    if tracker is not None:
+        add_track_features(features, tracker, latents)
+    return features, key
+
+
+def _clean(value):
+    """NaN -> None, numpy scalars -> Python: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _data_summary(examples: Examples) -> dict:
+    return {"source": examples.source, "n_examples": len(examples), "n_groups": examples.n_groups,
+            "n_positive": int(examples.labels.sum()), **examples.notes}
+
+
+def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | None = None, matches: Path | None = None,
+                  test_data: str | None = None, gguf: str | None = None, config: DetectConfig | None = None,
+                  command: str | None = None, progress: bool = True, cache: Path | None = None) -> dict:
+    """Everything `ghosttrack detect` does; returns the results dict also written to OUT/results.json."""
+    config = config or DetectConfig()
+    examples = prepare_examples(data, config)
+    test_examples = prepare_examples(test_data, config) if test_data else None
+    sae_paths = sae_layers(sae_dirs or [])
+    if matches is not None and not Path(matches).is_dir():
+        raise GhostTrackError(f"--matches {matches} is not a folder; pass the OUT of `ghosttrack match`")
+
+    from ghosttrack.extract.hooks import check_layers
+    from ghosttrack.extract.models import load_model
+    from ghosttrack.extract.preflight import read_model_shape
+    from ghosttrack.sae import load_sae
+
+    shape = read_model_shape(model, gguf=gguf)  # config.json or the GGUF header: no weights yet
+    # The forward pass keeps every layer (the cache then serves any --probe-layers); the probe chooses among these.
+    all_layers = list(range(shape.n_layers))
+    layers = all_layers if config.probe_layers is None else sorted(set(config.probe_layers))
+    check_layers(layers + list(sae_paths), shape.n_layers)
+    saes = {layer: load_sae(path, config.device) for layer, path in sae_paths.items()}
+    for layer, sae in saes.items():
+        if sae.cfg.d_in != shape.d_model:
+            raise GhostTrackError(f"the SAE {sae_paths[layer]} reads d_model={sae.cfg.d_in} but {model} has "
+                                  f"{shape.d_model}; pass SAEs trained on this model")
+    tracker, tracks_missing = build_tracker(matches, saes)
+    state: dict = {}
+
+    def loaded():
+        if "model" not in state:
+            state["model"] = load_model(model, gguf=gguf, dtype=config.dtype, device=config.device)
+        return state["model"]
+
+    cache_root = Path(cache) if cache else Path(out) / "cache"
+    features, key = features_for(loaded, model, examples, all_layers, saes, tracker, config, cache_root, progress)
+    if tracks_missing:
+        features.info["tracks_missing"] = tracks_missing
+    methods, skipped = build_methods(features, probe_layers=layers)
+    evaluated = [evaluate_method(m, examples.labels, examples.groups, n_folds=config.folds,
+                                 inner_folds=config.inner_folds, seed=config.seed, n_boot=config.bootstrap)
+                 for m in methods]
+    results = {
+        "model": model if gguf is None else f"{model}/{gguf}",
+        "data": _data_summary(examples),
+        "split": {"kind": "group", "group_by": examples.notes.get("group_by", "question"), "n_folds": config.folds, "inner_folds": config.inner_folds, "seed": config.seed,
+                  "bootstrap": config.bootstrap, "ci_level": 0.95, "n_examples": len(examples),
+                  "n_groups": examples.n_groups, "n_positive": int(examples.labels.sum())},
+        "methods": evaluated,
+        "skipped": skipped,
+        "features": {"cache_key": key, "probe_layers": layers, "sae_layers": sorted(sae_paths),
+                     "sae": {str(k): str(v) for k, v in sorted(sae_paths.items())},
+                     "matches": str(matches) if matches else None, **features.info},
+        "config": asdict(config),
+        "machine": f"{platform.machine()} CPU" if config.device == "cpu" else config.device,
+        "command": command,
+    }
+    if test_examples is not None:
+        test_features, test_key = features_for(loaded, model, test_examples, all_layers, saes, tracker, config,
+                                               cache_root, progress)
+        test_methods = {m.name: m for m in build_methods(test_features, probe_layers=layers)[0]}
+        results["transfer"] = {
+            "train": examples.source, "test": test_examples.source, "test_data": _data_summary(test_examples),
+            "test_cache_key": test_key,
+            "methods": [evaluate_transfer(m, test_methods[m.name], examples.labels, examples.groups,
+                                          test_examples.labels, test_examples.groups, inner_folds=config.inner_folds,
+                                          seed=config.seed, n_boot=config.bootstrap)
+                        for m in methods if m.name in test_methods],
+        }
+    results = _clean(results)
+    write_results(Path(out), results)
+    return results
