@@ -77,7 +77,8 @@ class Architecture:
         raise NotImplementedError
 
     def training_loss(self, sae, x_BD: Tensor, tokens_since_fired_H: Tensor | None, sparsity_scale: float,
-                      fused: bool) -> TrainStep:
+                      fused: bool, max_dead: int | None = None) -> TrainStep:
+        """See SparseAutoencoder.training_loss."""
         raise NotImplementedError
 
     def saelens_fields(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class JumpReluArch(Architecture):
         pre_BH = x_BD @ sae.W_enc + sae.b_enc
         return pre_BH * (pre_BH > sae.threshold)
 
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
+    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused, max_dead=None) -> TrainStep:
         out = dense_forward(fused, x_BD, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec], 0.0,
                             threshold=sae.threshold, l0_coeff=self.cfg.l0_coeff * sparsity_scale,
                             bandwidth=self.cfg.bandwidth)

@@ -80,17 +80,20 @@ class SparseAutoencoder(nn.Module):
         return self.decode(self.encode(x_BD))
 
     def training_loss(self, x_BD: Tensor, *, tokens_since_fired_H: Tensor | None = None,
-                      sparsity_scale: float = 1.0, fused: bool = False) -> TrainStep:
+                      sparsity_scale: float = 1.0, fused: bool = False, max_dead: int | None = None) -> TrainStep:
         """Loss and detached metrics of one batch.
 
         tokens_since_fired_H: training tokens since each latent last fired (TopK's AuxK uses it;
         others ignore it). sparsity_scale multiplies the sparsity / auxiliary coefficients (warm-up).
         fused: use the fused Triton kernel (relu / jumprelu) instead of the reference path.
+        max_dead: an upper bound on the latents dead now, known to the caller without reading the
+        device back (the trainer derives it at log steps); TopK's AuxK then works on min(aux_k, max_dead)
+        latents instead of aux_k, with the same result. None: no bound.
         """
         if not self.pre_encoder_bias:
-            return self._arch.training_loss(self, x_BD, tokens_since_fired_H, sparsity_scale, fused)
+            return self._arch.training_loss(self, x_BD, tokens_since_fired_H, sparsity_scale, fused, max_dead)
         step = self._arch.training_loss(_CentredView(self), x_BD - self.b_dec, tokens_since_fired_H,
-                                        sparsity_scale, fused)
+                                        sparsity_scale, fused, max_dead)
         return step._replace(x_hat_BD=step.x_hat_BD + self.b_dec.detach())
 
     # --- constraints, applied after every optimiser step -------------------------------------

@@ -43,7 +43,7 @@ class ReluArch(Architecture):
     def encode(self, sae, x_BD: Tensor) -> Tensor:
         return torch.relu(x_BD @ sae.W_enc + sae.b_enc)
 
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
+    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused, max_dead=None) -> TrainStep:
         out = dense_forward(fused, x_BD, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec],
                             self.cfg.l1_coeff * sparsity_scale)
         return dense_step(out, {"l1": out.l1.detach()})

@@ -63,7 +63,7 @@ class TopKArch(Architecture):
         top_BK, idx_BK = pre_BH.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre_BH).scatter_(-1, idx_BK, top_BK)
 
-    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused) -> TrainStep:
+    def training_loss(self, sae, x_BD, tokens_since_fired_H, sparsity_scale, fused, max_dead=None) -> TrainStep:
         if fused:
             raise ValueError("the fused kernel covers relu and jumprelu SAEs; train topk without --fused")
         acts_BK, idx_BK, pre_BH = sparse_topk_encode(x_BD, sae.W_enc, sae.b_enc, self.cfg.k)
@@ -72,25 +72,29 @@ class TopKArch(Architecture):
         mse = (x_BD.to(acc) - x_hat_BD.to(acc)).pow(2).sum(-1).mean()
         loss, terms = mse, {}
         if tokens_since_fired_H is not None and self.cfg.aux_coeff > 0:
-            # Always computed, never branched on: how many latents are dead stays on the device.
-            auxk = self._auxk(sae, x_BD, x_hat_BD, pre_BH, tokens_since_fired_H >= self.cfg.dead_tokens)
-            loss = loss + self.cfg.aux_coeff * sparsity_scale * auxk
+            # Never branched on the device's count of dead latents (a host sync); a bound known on
+            # the host (max_dead) narrows the work, 0 skips it: AuxK is then exactly 0.
+            k_aux = self.cfg.aux_k if max_dead is None else min(self.cfg.aux_k, max_dead)
+            auxk = torch.zeros((), dtype=mse.dtype, device=x_BD.device)
+            if k_aux > 0:
+                auxk = self._auxk(sae, x_BD, x_hat_BD, pre_BH, tokens_since_fired_H >= self.cfg.dead_tokens, k_aux)
+                loss = loss + self.cfg.aux_coeff * sparsity_scale * auxk
             terms["auxk"] = auxk.detach()
         active_BK = acts_BK.detach() > 0
         fired_H = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=x_BD.device)
         fired_H.index_add_(0, idx_BK.reshape(-1), active_BK.reshape(-1).to(torch.int64))
         return TrainStep(loss, mse, x_hat_BD.detach(), active_BK.sum(1), fired_H, terms)
 
-    def _auxk(self, sae, x_BD, x_hat_BD, pre_BH, dead_H) -> Tensor:
+    def _auxk(self, sae, x_BD, x_hat_BD, pre_BH, dead_H, k_aux: int) -> Tensor:
         """AuxK (Gao et al. 2024, appendix A.2): reconstruct the residual x - x_hat with the
         min(aux_k, n_dead) largest dead latents; mean over rows of sum over D of squared error,
         scaled down by min(n_dead / aux_k, 1).
 
-        With no host sync: a fixed aux_k latents are picked from scores masked to the dead ones; when
-        fewer than aux_k are dead, the live picks get activation 0 and add nothing, and the scale
-        (0 when none is dead) is computed on the device.
+        With no host sync: k_aux (aux_k, or fewer when at most that many can be dead) latents are picked
+        from scores masked to the dead ones; when fewer are dead, the live picks get activation 0 and
+        add nothing, and the scale (0 when none is dead) is computed on the device.
         """
-        aux_acts_BK, aux_idx_BK = select_topk(x_BD, sae.W_enc, sae.b_enc, pre_BH, self.cfg.aux_k, dead_H)
+        aux_acts_BK, aux_idx_BK = select_topk(x_BD, sae.W_enc, sae.b_enc, pre_BH, k_aux, dead_H)
         residual_BD = (x_BD - x_hat_BD).detach()
         e_hat_BD = sparse_decode(aux_acts_BK, aux_idx_BK, sae.W_dec)
         acc = reference.loss_dtype(x_BD.dtype)

@@ -67,6 +67,10 @@ class TrainerConfig:
     max_norm_ratio: float | None = 3.0
     """Skip rows whose norm exceeds this multiple of the median norm of the training rows (attention
     sinks); 0 or None keeps all. Skipped rows are counted in history.json, never removed from the store."""
+    skip_positions: str = ""
+    """Sequence positions skipped besides position 0, e.g. 1 or 0,1 (a token after the sink that is the top
+    example of many features: ghosttrack interpret reports it). Saved with the SAE; interpret and
+    evaluate apply the same rule by default."""
     device_resident: str = field(default="auto", metadata={"choices": ("auto", "yes", "no")})
     """Hold the whole layer on the device (yes / no / auto: on CUDA when it fits in half the free
     memory, on the CPU when it fits in a quarter of the free RAM)."""
@@ -79,6 +83,7 @@ class TrainerConfig:
             self.dtype = DTYPE_ALIASES[resolve_dtype("auto", self.device)[0]]
         if self.max_norm_ratio == 0:
             self.max_norm_ratio = None  # the command line's "0 keeps every row"
+        self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
         if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError(f"lr, epochs and batch_size must be > 0, got {self.lr}, {self.epochs}, {self.batch_size}")
         if self.lr_schedule not in SCHEDULES:
@@ -105,6 +110,21 @@ class TrainerConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainerConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def parse_positions(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
+    """'0,1' / [0, 1] / '' / None -> sorted unique positions (0, 1) / () ; ValueError for anything else."""
+    if value is None or isinstance(value, (list, tuple)):
+        items = list(value or ())
+    else:
+        items = [p for p in str(value).replace(" ", "").strip("[]()").split(",") if p and p.lower() != "none"]
+    try:
+        positions = tuple(sorted({int(p) for p in items}))
+    except ValueError:
+        raise ValueError(f"skip_positions must be positions like 1 or 0,1, got {value!r}") from None
+    if any(p < 0 for p in positions):
+        raise ValueError(f"skip_positions must be >= 0, got {value!r}")
+    return positions
 
 
 # Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.

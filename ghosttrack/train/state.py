@@ -29,8 +29,8 @@ class TrainingState:
     best_step: int | None = None
     last_checkpoint_step: int | None = None
     finished: bool = False
-    dead_possible: bool = True
-    """Whether a latent can count as dead before the next log step (decided at log steps)."""
+    max_dead: int | None = None
+    """How many latents can count as dead before the next log step (decided at log steps; None: any)."""
     history: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from ghosttrack.sae.config import SAEConfig
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig, split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
-from ghosttrack.train.config import TrainerConfig
+from ghosttrack.train.config import TrainerConfig, parse_positions
 from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
 from ghosttrack.train.schedule import lr_factor
@@ -54,9 +54,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.sae = sae
 
-    def forward(self, x_BD, tokens_since_fired_H, sparsity_scale: float, fused: bool):
+    def forward(self, x_BD, tokens_since_fired_H, sparsity_scale: float, fused: bool, max_dead: int | None):
         return self.sae.training_loss(x_BD, tokens_since_fired_H=tokens_since_fired_H,
-                                      sparsity_scale=sparsity_scale, fused=fused)
+                                      sparsity_scale=sparsity_scale, fused=fused, max_dead=max_dead)
 
 
 class SAETrainer:
@@ -85,6 +85,7 @@ class SAETrainer:
         # The outlier rule's median comes from the training chunks: held-out rows never shape training.
         train_chunks, _ = split_chunks(store.n_chunks, cfg.val_fraction, cfg.seed)
         self.stats = scan_layer(store, layer, skip_flagged=cfg.skip_flagged, max_norm_ratio=cfg.max_norm_ratio,
+                                skip_positions=parse_positions(cfg.skip_positions),
                                 progress=self.progress, median_chunks=train_chunks)
         self.train_loader = self._loader("train")
         self.val_loader = self._loader("val")
@@ -173,6 +174,7 @@ class SAETrainer:
         s = self.stats
         return {"rows": s.n_rows, "median_norm": s.median_norm, "max_norm_ratio": s.max_norm_ratio,
                 "flagged_skipped": s.n_flagged_skipped, "outliers_skipped": s.n_outliers_skipped,
+                "skip_positions": list(s.skip_positions), "positions_skipped": s.n_positions_skipped,
                 "outlier_fraction": s.n_outliers_skipped / max(1, s.n_rows),
                 "train_rows": self.train_loader.n_rows, "val_rows": self.val_loader.n_rows}
 
@@ -196,7 +198,7 @@ class SAETrainer:
                       f"{sk['max_norm_ratio']}x the median norm {sk['median_norm']:.3g}; {self.total_steps:,} steps")
         self._tick = (time.perf_counter(), self.state.step)
         if resume_state is None:
-            self.state.dead_possible = self._latents_can_die_soon()
+            self.state.max_dead = self._latents_that_can_die_soon()
         with bar, GracefulInterrupt() as interrupt:
             while self.state.step < self.total_steps:
                 self._run_epoch(bar, interrupt, on_step)
@@ -243,8 +245,8 @@ class SAETrainer:
     def _train_step(self, x_BD: torch.Tensor) -> None:
         x_BD = x_BD * self.state.input_scale
         with self._autocast():
-            since_H = self.tracker.tokens_since_fired_H if self.state.dead_possible else None
-            out = self.loss_module(x_BD, since_H, self._sparsity_scale(), self.cfg.fused)
+            out = self.loss_module(x_BD, self.tracker.tokens_since_fired_H, self._sparsity_scale(), self.cfg.fused,
+                                   self.state.max_dead)
         self.acc.backward(out.loss)
         self.sae.remove_parallel_grad_()
         if self.cfg.grad_clip > 0:
@@ -272,20 +274,21 @@ class SAETrainer:
             self._raise_nonfinite(self.state.step - len(losses) + bad[0] + 1)
         return losses
 
-    def _latents_can_die_soon(self) -> bool:
-        """Whether any latent can count as dead (the SAE's dead_tokens, e.g. TopK's AuxK) before the next
-        log step; one host sync, so at log steps only. While none can, the loss is not handed the firing
-        counts: AuxK would be exactly 0, and its top-k and sparse products are skipped."""
+    def _latents_that_can_die_soon(self) -> int | None:
+        """How many latents can count as dead (the SAE's dead_tokens, e.g. TopK's AuxK) before the next
+        log step: those within that many steps' tokens of the window (a host sync: log steps only).
+        The loss bounds its dead-latent work by it (AuxK over min(aux_k, this) latents, none at 0)
+        and computes the same result, with no sync of its own. None: the SAE has no such window."""
         window = getattr(self.sae_cfg, "dead_tokens", None)
         if window is None:
-            return True
+            return None
         ahead = self.cfg.log_every * self.cfg.batch_size * self.world
-        return int(self.tracker.tokens_since_fired_H.max()) + ahead >= window
+        return int((self.tracker.tokens_since_fired_H + ahead >= window).sum())
 
     def _log(self, bar) -> None:
         """Host sync: check the loss, append a history entry, update the progress bar."""
         losses = self._window_losses_checked()
-        self.state.dead_possible = self._latents_can_die_soon()
+        self.state.max_dead = self._latents_that_can_die_soon()
         if self.world > 1:  # the history describes every rank's rows
             self.window.reduce_(self._sum_ranks)
             self.window_terms = {k: self._sum_ranks(v) / self.world for k, v in self.window_terms.items()}

@@ -1,5 +1,5 @@
-"""AuxK without a host sync (a fixed aux_k over scores masked to the dead latents, the scale on the
-device) against the plain definition over the min(aux_k, n_dead) largest dead latents: the value
+"""AuxK without a host sync (a fixed aux_k, or a bound on the dead latents known on the host, over
+scores masked to the dead latents, the scale on the device) against the plain definition over the min(aux_k, n_dead) largest dead latents: the value
 and every gradient, for none, few, exactly aux_k and many dead latents."""
 import pytest
 import torch
@@ -21,7 +21,9 @@ def _plain_auxk(sae, x, x_hat, dead_H, aux_k):
 
 
 @pytest.mark.parametrize("n_dead", [0, 3, 9, 40])
-def test_fixed_aux_k_over_masked_scores_equals_the_plain_auxk(n_dead):
+@pytest.mark.parametrize("slack", [None, 0, 4])
+def test_fixed_aux_k_over_masked_scores_equals_the_plain_auxk(n_dead, slack):
+    """slack: max_dead = n_dead + slack, a bound as the trainer knows it (None: no bound, aux_k latents)."""
     cfg = TopKSAEConfig(d_in=13, d_sae=57, k=5, aux_k=9, aux_coeff=0.5, dead_tokens=100)
     torch.manual_seed(n_dead)
     sae = SparseAutoencoder(cfg)
@@ -32,7 +34,7 @@ def test_fixed_aux_k_over_masked_scores_equals_the_plain_auxk(n_dead):
     since[torch.randperm(57)[:n_dead]] = 100
     dead = since >= cfg.dead_tokens
 
-    step = sae.training_loss(x, tokens_since_fired_H=since)
+    step = sae.training_loss(x, tokens_since_fired_H=since, max_dead=None if slack is None else n_dead + slack)
     (step.loss - step.mse).backward()  # the AuxK part only
     got_grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
     sae.zero_grad()

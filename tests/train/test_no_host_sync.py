@@ -69,18 +69,30 @@ def test_a_planted_item_call_in_the_step_is_caught(tmp_path, store):
 
 
 def test_skipping_auxk_while_no_latent_can_be_dead_changes_nothing(tmp_path, store, monkeypatch):
-    """Between log steps the trainer hands the loss no firing counts when no latent can reach
-    dead_tokens before the next log step (decided there, from the largest count); AuxK is then exactly
-    0 and skipped. A run that always computes it must end with the very same SAE."""
+    """At each log step the trainer counts the latents that can reach dead_tokens before the next one,
+    and AuxK works on at most that many (none at 0: it is then exactly 0 and skipped). A run that
+    always uses aux_k latents must end with the very same SAE."""
     cfg = TrainerConfig(batch_size=128, epochs=1.5, log_every=4, checkpoint_every=8, device="cpu", lr=1e-2)
     sae_cfg = TopKSAEConfig(d_in=D, d_sae=H, k=3, aux_k=8, dead_tokens=1500)  # > 4 steps of 128 rows
     gated = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "gated", progress=False)
-    decisions = []
-    gated.run(on_step=lambda step: decisions.append(gated.state.dead_possible))
-    assert not decisions[0] and decisions[-1]  # off while all latents are fresh, on once some can die
+    bounds = []
+    gated.run(on_step=lambda step: bounds.append(gated.state.max_dead))
+    assert bounds[0] == 0 and 0 < max(bounds) < H  # none while all latents are fresh, then some
     assert gated.state.history["train"][-1]["auxk"] > 0
-    monkeypatch.setattr(SAETrainer, "_latents_can_die_soon", lambda self: True)
+    monkeypatch.setattr(SAETrainer, "_latents_that_can_die_soon", lambda self: None)
     always = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "always", progress=False)
     always.run()
     for name, value in always.sae.state_dict().items():
         assert torch.equal(gated.sae.state_dict()[name], value), name
+
+
+def test_the_dead_latent_bound_covers_every_step_until_the_next_log_step(tmp_path, store):
+    cfg = TrainerConfig(batch_size=128, epochs=1, log_every=4, device="cpu")
+    sae_cfg = TopKSAEConfig(d_in=D, d_sae=H, k=3, aux_k=8, dead_tokens=1500)
+    trainer = SAETrainer(store, 0, sae_cfg, cfg, tmp_path, progress=False)
+    since = torch.linspace(800, 1600, H).long()  # every distance to the window, some already past it
+    trainer.tracker.tokens_since_fired_H.copy_(since)
+    bound = trainer._latents_that_can_die_soon()
+    # If no latent fires again, step s + 1 + j after the log step s sees since + j * 128 (j < log_every).
+    worst = max(int((since + j * 128 >= 1500).sum()) for j in range(4))
+    assert worst <= bound <= int((since + 4 * 128 >= 1500).sum())
