@@ -90,6 +90,11 @@ def test_stops_at_random_points_end_quickly_and_resume_to_identical_bytes(loaded
         at = int(rng.integers(0, n_batches))
         calls = {"n": 0}
         source, handle = corpus, None
+        # A stop set on the main thread (in the corpus, mid-forward) is seen before the next batch's
+        # forward starts; one set by the writer thread may race with the forward then in flight.
+        late = []
+        watch = block0.register_forward_pre_hook(
+            lambda module, args: late.append(trial) if stop.requested and where in ("corpus", "forward") else None)
         if where == "corpus":
             source = _StoppingCorpus(corpus, stop, after=int(rng.integers(0, 40)))
         elif where == "forward":
@@ -111,10 +116,12 @@ def test_stops_at_random_points_end_quickly_and_resume_to_identical_bytes(loaded
             result = _run_bounded(lambda: HiddenStateExtractor(loaded, source, out).extract(
                 ExtractionPlan(**PLAN), batch_size=BATCH, progress=False, stop=stop))
         finally:
+            watch.remove()
             if handle is not None:
                 handle.remove()
             monkeypatch.setattr(StoreWriter, "append", original_append)
         assert result == "done" or isinstance(result, Interrupted), (trial, where, result)
+        assert not late, f"trial {trial}: a forward pass started after the stop ({where})"
         outcomes.append(result == "done")
         # At a commit: whole chunks only, no temporary files, the committed rows are the reference's.
         store = ActivationStore.open(out)

@@ -18,6 +18,9 @@ def main() -> int:
         return run(self, resume_state, on_step_then_signal)
 
     trainer.SAETrainer.run = run_with_a_ctrl_c
+    # A rank inherits SIGINT ignored when the tests run in the background; this test's own Ctrl-C
+    # must not be, so its default comes back (not a setting of the user's ghosttrack).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ghosttrack.cli import main as cli
 
     return cli(args)

@@ -53,7 +53,10 @@ def test_sigint_then_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
     out = tmp_path / "cut"
     state = out / "layer_0" / STATE_FILE
-    proc = subprocess.Popen(_cmd(store, out), env=ENV, stderr=subprocess.PIPE, text=True)
+    # SIGINT's default restored in the child: started in the background by a script, it inherits an
+    # ignored SIGINT, which ghosttrack keeps ignored (as the shell asked).
+    proc = subprocess.Popen(_cmd(store, out), env=ENV, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_checkpoint(proc, state, 10)
     proc.send_signal(signal.SIGINT)  # graceful: finishes the step, saves, exits 130
     _, err = proc.communicate(timeout=120)
