@@ -79,3 +79,20 @@ class SyncRecorder(contextlib.ExitStack):
     def take(self) -> list[str]:
         found, self.found[:] = list(self.found), []
         return found
+
+
+def is_steady_step(step: int, *, log_every: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether training step `step` (1-based) is a steady-state step, which must not sync: neither a
+    log step (checkpoints fall on those), nor an epoch's first or last step, nor the run's last."""
+    return step % log_every != 0 and step % steps_per_epoch not in (0, 1) and step != total_steps
+
+
+def cuda_sync_errors_on_steady_steps(trainer):
+    """An on_step callback for `SAETrainer.run` on CUDA: from the end of one step to the end of the
+    next, torch.cuda.set_sync_debug_mode is "error" when that next step is steady (its batch fetch
+    included), "default" otherwise; so a host sync in a steady step raises. Reset it after the run."""
+    def on_step(step: int) -> None:
+        steady = is_steady_step(step + 1, log_every=trainer.cfg.log_every, steps_per_epoch=trainer.steps_per_epoch,
+                                total_steps=trainer.total_steps)
+        torch.cuda.set_sync_debug_mode("error" if steady else "default")
+    return on_step

@@ -11,7 +11,7 @@ import torch
 from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig, TopKSAEConfig
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.config import TrainerConfig
-from ghosttrack.train.host_syncs import SyncRecorder
+from ghosttrack.train.host_syncs import SyncRecorder, is_steady_step
 from ghosttrack.train.trainer import SAETrainer
 
 from trainer_data import one_thread, write_store  # noqa: F401 - fixture
@@ -40,11 +40,10 @@ def _syncs_per_step(store, arch, resident, out, plant=None):
     per_step = {}
     with SyncRecorder() as recorder:
         trainer.run(on_step=lambda step: per_step.__setitem__(step, recorder.take()))
-    spe, total = trainer.steps_per_epoch, trainer.total_steps
-    steady = {s: v for s, v in per_step.items()
-              if s % LOG_EVERY and s % spe not in (0, 1) and s != total}
+    steady = {s: v for s, v in per_step.items() if is_steady_step(
+        s, log_every=LOG_EVERY, steps_per_epoch=trainer.steps_per_epoch, total_steps=trainer.total_steps)}
     logs = {s: v for s, v in per_step.items() if s % LOG_EVERY == 0}
-    assert len(steady) >= 20 and logs, (spe, total)
+    assert len(steady) >= 20 and logs, (trainer.steps_per_epoch, trainer.total_steps)
     return steady, logs, trainer
 
 
