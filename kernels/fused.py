@@ -2,8 +2,11 @@
 `torch.autograd.Function` whose forward and backward run Triton kernels.
 
 Forward: 2 GEMMs (encode, decode), backward: up to 4 (g_pre, W_dec, W_enc, x), each with
-its elementwise work (bias, ReLU/JumpReLU, L1/L0/MSE partial sums, STE threshold terms)
-in its prologue or epilogue. The only (B, H) tensors are the activations (plus an int8
+its elementwise work (bias, ReLU/JumpReLU, L1/L0/MSE partial sums, column sums, STE
+threshold terms) in its epilogue; all six share one main loop (`fused_gemm.gemm_tile`).
+Decode and dx (a B x D output, K = H) split K when the autotuner finds it faster, in Triton
+rather than cuBLAS: cuBLAS would need the bias, diff, squared-error and column-sum epilogue
+as separate passes over B x D, and cannot fuse dx's `- 2 c_mse / B * diff`. The only (B, H) tensors are the activations (plus an int8
 gate/window code with a threshold) and, during backward, the gradient wrt `pre`.
 
 Also `topk_decode`: the TopK SAE's sparse decoder, touching only the k selected rows.
@@ -71,12 +74,13 @@ class FusedSAE(torch.autograd.Function):
         B = x.shape[0]
         # ||W_dec[h]||: an (H, D) reduction, negligible next to the GEMMs.
         dec_norm_H = torch.linalg.vector_norm(W_dec, dim=1, dtype=torch.float32)
-        acts, code, l1_sum, l0_sum = fused_forward.encode(x, W_enc, b_enc, threshold, dec_norm_H, bandwidth)
-        x_hat, diff, sq_err_sum = fused_forward.decode(acts, W_dec, b_dec, x)
+        acts, code, l1_sum, l0_sum, acts_sum_H = fused_forward.encode(x, W_enc, b_enc, threshold, dec_norm_H,
+                                                                      bandwidth)
+        x_hat, diff, sq_err_sum, diff_sum_D = fused_forward.decode(acts, W_dec, b_dec, x)
         mse, l1, l0 = sq_err_sum / B, l1_sum / B, l0_sum / B
         loss = mse + l1_coeff * l1 + l0_coeff * l0
 
-        ctx.save_for_backward(x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff)
+        ctx.save_for_backward(x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff, acts_sum_H, diff_sum_D)
         ctx.coeffs = (l1_coeff, l0_coeff, bandwidth)
         ctx.set_materialize_grads(False)
         if threshold is None:
@@ -87,7 +91,7 @@ class FusedSAE(torch.autograd.Function):
     def backward(ctx, grad_x_hat, grad_acts, grad_loss, grad_mse, grad_l1, grad_l0):
         from . import fused_backward
 
-        x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff = ctx.saved_tensors
+        x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff, acts_sum_H, diff_sum_D = ctx.saved_tensors
         l1_coeff, l0_coeff, bandwidth = ctx.coeffs
         # Upstream gradient of each loss term; stays on the device (no .item() sync).
         zero = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -99,8 +103,8 @@ class FusedSAE(torch.autograd.Function):
         ])
         names = ["x", "W_enc", "b_enc", "W_dec", "b_dec", "threshold"]
         needs = dict(zip(names, ctx.needs_input_grad[:6]))
-        grads = fused_backward.backward(x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff,
-                                        coef_3, grad_x_hat, grad_acts, bandwidth, needs)
+        grads = fused_backward.backward(x, W_enc, W_dec, threshold, dec_norm_H, acts, code, diff, acts_sum_H,
+                                        diff_sum_D, coef_3, grad_x_hat, grad_acts, bandwidth, needs)
         return (*(grads[n] if needs[n] else None for n in names), None, None, None)
 
 

@@ -1,105 +1,146 @@
-"""Tiling shared by the fused SAE kernels: autotune configs, tile order, the dot product.
+"""Tile configurations of the fused SAE kernels and how they are launched.
 
-Imports triton: only `ghosttrack.kernels.fused` imports this module, lazily.
+Three families, picked per call from the operands' dtype and the fp32 dot precision:
+  16-bit  bf16/fp16 operands on tensor cores (wgmma on sm_90, mma on sm_80)
+  tf32    fp32 operands on tensor cores in TF32: the same bytes per K step, so BLOCK_K is halved
+  ieee    exact fp32 dots on the FMA units, where big tiles only spill registers
+Two roles: "gemm" (encode, dacts, dW_dec, dW_enc) and "splitk" (decode and dx: a B x D
+output with K = H, too few output tiles to fill the GPU at B = 4096, D = 768, so their
+configs add SPLIT_K = 2, 4 and the partial products are summed in a fixed order).
+
+Every config is compiled for sm_90 and sm_80 by `fused_aot` (no register spills, shared
+memory within the limit: tests/kernels/test_fused_compile.py) and run under the Triton
+interpreter on shapes with partial tiles (tests/kernels/test_fused_configs.py, through
+`FORCED`). Imports triton: only `ghosttrack.kernels.fused` imports this module, lazily.
 """
+
+from __future__ import annotations
 
 import os
 
 import torch
 import triton
-import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-"""Read once, like triton.jit itself: the interpreter needs one config and fp32 dots."""
+"""Read once, like triton.jit itself: the interpreter runs one small config and fp32 dots."""
 
 
-def _config(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8},
-                         num_warps=warps, num_stages=stages)
+def _config(m: int, n: int, k: int, warps: int, stages: int, split_k: int | None = None) -> triton.Config:
+    kwargs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}
+    if split_k is not None:
+        kwargs["SPLIT_K"] = split_k
+    return triton.Config(kwargs, num_warps=warps, num_stages=stages)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Tensor-core tiles for 16-bit and
-# TF32 dots; exact fp32 dots run on the FMA units, where big tiles only spill registers.
-TENSOR_CORE_SHAPES = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 3),
-                      (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 3)]
-FMA_SHAPES = [(128, 128, 16, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 3)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per family. At most 64 accumulator
+# registers a thread (32 for exact fp32, whose operands also sit in registers): 128 x 256 at 8
+# warps, and 128 x 128, 64 x 128 or 128 x 64 at 4, spill in the JumpReLU epilogues (fused_aot
+# measures it: tests/kernels/test_fused_compile.py).
+SHAPES = {
+    "16bit": [(128, 128, 64, 8, 4), (64, 128, 64, 8, 4), (128, 64, 64, 8, 4), (64, 64, 64, 4, 4)],
+    "tf32": [(128, 128, 32, 8, 4), (64, 128, 32, 8, 4), (128, 64, 32, 8, 4), (64, 64, 32, 4, 4)],
+    "ieee": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
+}
+SPLITS = (2, 4)
+"""Split-K factors tried for decode and dx on the first two shapes of each family."""
+FAMILIES = tuple(SHAPES)
+ROLES = ("gemm", "splitk")
 
 
-TENSOR_CORE_CONFIGS = [_config(*s) for s in TENSOR_CORE_SHAPES]
-FMA_CONFIGS = [_config(*s) for s in FMA_SHAPES]
+def family_configs(role: str, family: str) -> list[triton.Config]:
+    """The GPU configs of one role and family (what the autotuner picks from)."""
+    shapes = SHAPES[family]
+    if role == "gemm":
+        return [_config(*s) for s in shapes]
+    return [_config(*s, split_k=1) for s in shapes] + [_config(*s, split_k=k) for s in shapes[:2] for k in SPLITS]
 
 
-def gemm_configs() -> list[triton.Config]:
-    """Tile shapes to autotune over on a GPU; exactly one under the interpreter, where
-    multi-config autotuning fails (and where small tiles keep the numpy loops short)."""
-    if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4},
-                              num_warps=4, num_stages=1)]
-    return TENSOR_CORE_CONFIGS + FMA_CONFIGS
+GPU_CONFIGS = {role: [c for f in FAMILIES for c in family_configs(role, f)] for role in ROLES}
+INTERPRETER_CONFIGS = {
+    # Multi-config autotuning does not run under the interpreter: one small config there
+    # (tests force every GPU config through FORCED instead).
+    "gemm": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)],
+    "splitk": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 2},
+                             num_warps=4, num_stages=1)],
+}
+CONFIGS = INTERPRETER_CONFIGS if INTERPRET else GPU_CONFIGS
+REDUCE_BLOCK_M, REDUCE_BLOCK_N = 32, 128
+"""Tile of the split-K reduction kernels (elementwise: a fixed shape is enough)."""
 
-
-CONFIGS = gemm_configs()
-MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in CONFIGS)
-MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in CONFIGS)
+_ALL = [c for cs in (*GPU_CONFIGS.values(), *INTERPRETER_CONFIGS.values()) for c in cs]
+MIN_BLOCK_M = min([c.kwargs["BLOCK_M"] for c in _ALL] + [REDUCE_BLOCK_M])
+MIN_BLOCK_N = min([c.kwargs["BLOCK_N"] for c in _ALL] + [REDUCE_BLOCK_N])
+MAX_SPLIT_K = max(c.kwargs.get("SPLIT_K", 1) for c in _ALL)
 KEY = ["M", "N", "K", "PRECISION"]
 """Autotune cache key (the autotuner adds the tensors' dtypes itself)."""
 
+SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912, 86: 101376, 89: 101376}
+"""Bytes of shared memory one program may use, by compute capability (CUDA's opt-in maximum)."""
+
+
+def family_of(precision: str, element_size: int) -> str:
+    """The config family for a dot precision and an operand element size in bytes."""
+    if precision == "ieee":
+        return "ieee"
+    return "tf32" if element_size == 4 else "16bit"
+
+
+def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
+    """Upper bound on the main loop's shared memory: num_stages copies of the A and B tiles."""
+    k = config.kwargs
+    return config.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * element_size
+
+
+def fitting_configs(configs, family: str, element_size: int, shared_limit: int | None):
+    """The configs of `family` (in order) whose shared memory fits the limit (None: no limit)."""
+    family_set = set(family_configs("gemm", family)) | set(family_configs("splitk", family))
+    return [c for c in configs if c in family_set
+            and (shared_limit is None or shared_bytes_estimate(c, element_size) <= shared_limit)]
+
+
+def _device_shared_limit(device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
 
 def prune_configs(configs, named_args, **kwargs):
-    """Keep the tile family that fits the dot: FMA tiles for exact fp32, tensor-core ones else."""
-    family = FMA_CONFIGS if kwargs.get("PRECISION") == "ieee" else TENSOR_CORE_CONFIGS
-    return [c for c in configs if c in family] or configs
+    """Keep the family that fits the dot, and what fits this GPU's shared memory."""
+    first = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
+    family = family_of(kwargs.get("PRECISION", "tf32"), first.element_size())
+    return fitting_configs(configs, family, first.element_size(), _device_shared_limit(first.device)) or configs
 
 
 PRUNE = {"early_config_prune": prune_configs}
 
+FORCED: dict[str, triton.Config] = {}
+"""role -> config that every launch of that role uses instead of autotuning (tests set it)."""
+
+
+def launch(kernel, role: str, grid, *args, **kwargs) -> dict:
+    """Run an autotuned kernel (or its FORCED config) and return the config's kwargs, so that
+    the caller knows how many partial-sum slots the launch wrote (no device sync)."""
+    forced = FORCED.get(role)
+    if forced is None:
+        kernel[grid](*args, **kwargs)
+        return kernel.best_config.kwargs
+    kernel.fn[grid](*args, **kwargs, **forced.all_kwargs())
+    return forced.kwargs
+
+
+def tiles(M: int, N: int, block_m: int, block_n: int) -> tuple[int, int]:
+    return triton.cdiv(M, block_m), triton.cdiv(N, block_n)
+
 
 def max_tiles(M: int, N: int) -> tuple[int, int]:
-    """Upper bounds on the tile-grid size over all configs: partial-sum buffers are
-    allocated this big (and zeroed) before the autotuner has picked a config."""
-    return triton.cdiv(M, MIN_BLOCK_M), triton.cdiv(N, MIN_BLOCK_N)
+    """Upper bounds on the tile grid over every config and the reduction tile: partial-sum
+    buffers are allocated this big, from the SMALLEST tile, before a config is picked."""
+    return tiles(M, N, MIN_BLOCK_M, MIN_BLOCK_N)
 
 
 def grid(M: int, N: int):
-    """Launch grid: one program per (BLOCK_M, BLOCK_N) output tile, in a 1-D order."""
-    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-
-@triton.jit
-def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(pid, pid_m, pid_n) of this program. Consecutive programs walk GROUP_M row tiles
-    before moving to the next column tile, so the operands they share stay in L2."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-    return pid, pid_m, pid_n
-
-
-@triton.jit
-def dot(a, b, acc, INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + a @ b with fp32 accumulation. INTERPRETED: upcast the operands first (the
-    interpreter's half-precision dot is wrong); PRECISION: fp32 dots, "tf32" or "ieee"."""
-    if INTERPRETED:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def cast(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
-    """x (fp32) rounded to dtype to nearest even, as the GPU does. The interpreter truncates
-    fp32 -> bf16 (a bias toward zero), so there the rounding is done on the bits."""
-    if INTERPRETED and dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(dtype)
+    """Launch grid: one program per (BLOCK_M, BLOCK_N) output tile (x SPLIT_K where it applies)."""
+    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta.get("SPLIT_K", 1))
 
 
 POISON = os.environ.get("GHOSTTRACK_POISON") == "1"
@@ -117,7 +158,8 @@ def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
 
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 dots follow torch's own matmul setting, so both paths are compared like for
-    like: exact fp32 ("ieee") by default, TF32 after torch.set_float32_matmul_precision("high")."""
+    like: exact fp32 ("ieee") under "highest" (torch's default), TF32 under "high"/"medium"
+    (torch.set_float32_matmul_precision). 16-bit operands ignore it."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         return "ieee"
     return "tf32"

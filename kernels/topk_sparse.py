@@ -12,6 +12,10 @@ these two Functions do the same maths with sparse products instead:
         dW_dec[h]    = sum_{(b, j): idx[b, j] = h} vals[b, j] * g[b]   (CSR (H, B) @ g)
         dvals[b, j]  = <g[b], W_dec[idx[b, j]]>
 
+On CUDA both Functions run the Triton kernels of `fused_sparse` instead (`triton_kernels` picks
+the path by device): deterministic sorted segment sums instead of scatter-adds, no (block, k, D)
+gathers; tests/kernels/test_topk_sparse_triton.py runs them through the interpreter.
+
 The parity test (tests/test_sae_topk.py) checks values and every gradient against the
 plain `topk_forward` on random inputs.
 """
@@ -25,6 +29,27 @@ from torch import Tensor
 
 # Rows per block when gathering (block, k, D) decoder rows on the GPU path: bounds the temporary.
 _GATHER_ROWS = 1024
+
+TRITON_ON_CPU = False
+"""Tests set this (with TRITON_INTERPRET=1) to run the Triton kernels on CPU tensors."""
+
+
+def triton_kernels(t: Tensor):
+    """`kernels.fused_sparse` when its Triton kernels should run for t's device and dtype, else None.
+
+    On CUDA (fp32/fp16/bf16, triton installed) the forward and backward run there: deterministic
+    (sorted segment sums, no float atomics) and without the (block, k, D) gathers. Elsewhere
+    (the CPU, float64) the torch paths below run.
+    """
+    from . import fused
+
+    if t.dtype not in fused.DTYPES or not (t.is_cuda or (TRITON_ON_CPU and fused.interpreting())):
+        return None
+    if not fused.is_available():
+        return None
+    from . import fused_sparse
+
+    return fused_sparse
 
 
 def by_latent(idx_BK: Tensor, vals_BK: Tensor, n_latents: int) -> Tensor:
@@ -103,6 +128,14 @@ class GatherPre(torch.autograd.Function):
         x_BD, W_enc_DH, idx_BK = ctx.saved_tensors
         H = W_enc_DH.shape[1]
         grad_x = grad_W = grad_b = None
+        kernels = triton_kernels(x_BD)
+        if kernels is not None:
+            if ctx.needs_input_grad[0]:
+                grad_x = kernels.gather_decode(g_BK.to(x_BD.dtype), idx_BK, W_enc_DH.t())
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                rows_HD, sums_H = kernels.segment_rows(idx_BK, g_BK, x_BD, H, want_sums=True)
+                grad_W, grad_b = rows_HD.t().to(W_enc_DH.dtype), sums_H.to(W_enc_DH.dtype)
+            return grad_x, grad_W, grad_b, None, None
         if ctx.needs_input_grad[0]:
             # dx[b] = sum_j g[b, j] * W_enc[:, idx[b, j]]
             grad_x = F.embedding_bag(idx_BK, W_enc_DH.t(), per_sample_weights=g_BK.to(W_enc_DH.dtype),
@@ -123,12 +156,22 @@ class SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vals_BK: Tensor, idx_BK: Tensor, W_dec_HD: Tensor) -> Tensor:
         ctx.save_for_backward(vals_BK, idx_BK, W_dec_HD)
+        kernels = triton_kernels(W_dec_HD)
+        if kernels is not None:
+            return kernels.gather_decode(vals_BK.to(W_dec_HD.dtype), idx_BK, W_dec_HD)
         return F.embedding_bag(idx_BK, W_dec_HD, per_sample_weights=vals_BK.to(W_dec_HD.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, g_BD: Tensor):
         vals_BK, idx_BK, W_dec_HD = ctx.saved_tensors
         grad_vals = grad_W = None
+        kernels = triton_kernels(W_dec_HD)
+        if kernels is not None:
+            if ctx.needs_input_grad[0]:
+                grad_vals = kernels.row_dots(g_BD, W_dec_HD, idx_BK, vals_BK.dtype)
+            if ctx.needs_input_grad[2]:
+                grad_W = kernels.segment_rows(idx_BK, vals_BK, g_BD, W_dec_HD.shape[0])[0].to(W_dec_HD.dtype)
+            return grad_vals, None, grad_W
         if ctx.needs_input_grad[0]:
             grad_vals = rowwise_dots(g_BD, W_dec_HD, idx_BK).to(vals_BK.dtype)
         if ctx.needs_input_grad[2]:

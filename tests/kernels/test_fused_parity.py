@@ -13,56 +13,14 @@ pytest.importorskip("triton")
 if not fused.interpreting():
     pytest.skip("these tests run the kernels through TRITON_INTERPRET=1", allow_module_level=True)
 
-from ghosttrack.kernels import fused_tiles  # noqa: E402  (imports triton)
+from ghosttrack.kernels import fused_gemm, fused_tiles  # noqa: E402  (imports triton)
 
-NAMES = ["x", "W_enc", "b_enc", "W_dec", "b_dec", "threshold"]
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+from fused_sae_cases import TOL, close, make_params, run_both  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     monkeypatch.setattr(fused_tiles, "POISON", True)
-
-
-def make_params(B, D, H, dtype, use_threshold, seed):
-    """Random, never-zero parameters; thresholds sit inside the bulk of `pre`."""
-    g = torch.Generator().manual_seed(seed)
-    p = {
-        "x": torch.randn(B, D, generator=g),
-        "W_enc": torch.randn(D, H, generator=g) / D**0.5,
-        "b_enc": torch.randn(H, generator=g) * 0.2,
-        "W_dec": torch.randn(H, D, generator=g) / H**0.5,
-        "b_dec": torch.randn(D, generator=g) * 0.2,
-    }
-    p = {k: v.to(dtype) for k, v in p.items()}
-    if use_threshold:
-        p["threshold"] = torch.rand(H, generator=g) * 0.4 + 0.05
-    return p
-
-
-def close(got, want, tol, what):
-    """Compare at a tolerance relative to the reference's magnitude."""
-    want = want.detach().float()
-    scale = max(1.0, want.abs().max().item())
-    torch.testing.assert_close(got.detach().float(), want, rtol=tol, atol=tol * scale,
-                               msg=lambda m: f"{what}: {m}")
-
-
-def run_both(p, dtype, upstream_seed=7, **kw):
-    """Forward + backward of both paths on copies of p (the reference in fp32), with extra
-    upstream gradients through x_hat and acts so that those paths are exercised too."""
-    fp = {k: v.clone().requires_grad_() for k, v in p.items()}
-    rp = {k: v.clone().float().requires_grad_() for k, v in p.items()}
-    g = torch.Generator().manual_seed(upstream_seed)
-    B, D = p["x"].shape
-    w_xhat = torch.randn(B, D, generator=g) * 0.01
-    w_acts = torch.randn(B, p["W_enc"].shape[1], generator=g) * 0.01
-    outs = []
-    for params, fn in ((fp, fused.sae_forward), (rp, reference.sae_forward)):
-        out = fn(**params, **kw)
-        (out.loss + (out.x_hat.float() * w_xhat).sum() + (out.acts.float() * w_acts).sum()).backward()
-        outs.append(out)
-    return outs[0], outs[1], fp, rp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -142,7 +100,7 @@ def test_input_checks():
 
 
 def test_bf16_cast_rounds_to_nearest_even_like_torch():
-    """The interpreter truncates fp32 -> bf16; fused_tiles.cast must round like the GPU (and torch)."""
+    """The interpreter truncates fp32 -> bf16; fused_gemm.cast must round like the GPU (and torch)."""
     import triton
     import triton.language as tl
 
@@ -150,7 +108,7 @@ def test_bf16_cast_rounds_to_nearest_even_like_torch():
     def cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         x = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
-        tl.store(dst_ptr + offs, fused_tiles.cast(x, dst_ptr.dtype.element_ty, True), mask=offs < n)
+        tl.store(dst_ptr + offs, fused_gemm.cast(x, dst_ptr.dtype.element_ty, True), mask=offs < n)
 
     ties = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 2 - 2**-9, 0.0, -0.0])
     src = torch.cat([ties, torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 50])
