@@ -83,6 +83,8 @@ def extract_options(*, in_run: bool = False):
                      help="Model dtype for the forward pass; auto: bf16 on a GPU that has it, else fp32."),
         click.option("--store-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
                      help="Dtype of the stored rows; fp32 for activations beyond fp16's range (+-65504)."),
+        click.option("--host-buffer-mb", type=click.IntRange(min=1), default=2048, show_default=True,
+                     help="Host (pinned) memory for batches on their way to the disk."),
     ]
     if not in_run:
         options += [
@@ -166,7 +168,8 @@ def run_extraction(options: dict, *, command: str) -> Path:
             _repair(extractor, plan, out, options["batch_size"], progress=accelerator.is_local_main_process)
         if not nothing_to_do:
             extractor.extract(plan, batch_size=options["batch_size"], mode=mode, break_lock=break_lock,
-                              progress=accelerator.is_local_main_process)
+                              progress=accelerator.is_local_main_process,
+                              host_buffer_bytes=(options.get("host_buffer_mb") or 2048) << 20)
     except KeyboardInterrupt:
         from ghosttrack.store.format import read_store_attrs
 

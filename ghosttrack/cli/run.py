@@ -32,7 +32,7 @@ def run(**options) -> None:
     out = Path(options["out"])
     store = out / STORE_DIR
     extract_names = ("model", "gguf", "revision", "corpus", "wiki_language", "wiki_date", "text_field", "min_chars",
-                     "hook", "tokens", "seq_len", "chunk_tokens", "store_dtype", "layers", "device", "resume", "overwrite")
+                     "hook", "tokens", "seq_len", "chunk_tokens", "store_dtype", "host_buffer_mb", "layers", "device", "resume", "overwrite")
     if not options["train_only"]:
         extraction = {name: options[name] for name in extract_names}
         extraction.update(batch_size=options["extract_batch_size"], dtype=options["extract_dtype"], out=str(store))

@@ -1,8 +1,9 @@
 """A writer thread between the forward pass and the store: compute never waits for the disk.
 
 On CUDA, activations are copied with `non_blocking=True` into a small ring of pinned host
-buffers; a CUDA event marks when each copy is done, and the thread waits on that event,
-not the whole device, before handing the rows to the store. On the CPU the copy is a view.
+buffers, on a side stream of the model's device (so the copies overlap the next forward pass);
+an event on that stream marks when each copy is done, and the thread waits on that event, not
+the whole device, before handing the rows to the store. On the CPU the copy is a view.
 
 No hand-off blocks without a limit: the producer polls (checking the thread's error and the
 stop request) while it waits for a free buffer or a queue slot, and closing waits for the
@@ -39,9 +40,11 @@ class AsyncStoreWriter:
     def __init__(self, writer, *, pinned: bool, max_pending: int = 2,
                  should_stop: Callable[[], bool] = lambda: False,
                  check_batch: Callable[[np.ndarray], None] | None = None,
-                 stall_timeout: float = STALL_TIMEOUT_S):
+                 stall_timeout: float = STALL_TIMEOUT_S, device: torch.device | None = None):
         self.writer = writer
         self.pinned = pinned
+        # `device`: the model's CUDA device (its current stream produced the activations).
+        self._stream = torch.cuda.Stream(device=device) if pinned else None
         self.should_stop = should_stop
         self.check_batch = check_batch
         self.stall_timeout = stall_timeout
@@ -65,10 +68,13 @@ class AsyncStoreWriter:
             if slot is None or slot.keys() != tensors.keys() or any(
                     slot[k].shape != v.shape or slot[k].dtype != v.dtype for k, v in tensors.items()):
                 slot = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in tensors.items()}
-            for key, tensor in tensors.items():
-                slot[key].copy_(tensor, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+            self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))  # after the forward
+            with torch.cuda.stream(self._stream):
+                for key, tensor in tensors.items():
+                    slot[key].copy_(tensor, non_blocking=True)
+                    tensor.record_stream(self._stream)  # not reused by the allocator before the copy ran
+                event = torch.cuda.Event()
+                event.record(self._stream)
             host = dict(slot)
             host_counts = host.pop("counts", None)
         else:

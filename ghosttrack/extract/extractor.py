@@ -25,6 +25,7 @@ from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
 from ghosttrack.extract.models import LoadedModel
 from ghosttrack.corpus.packing import pack_sequences
+from ghosttrack.store.background import in_background
 from ghosttrack.store.writer import StoreWriter
 
 MAX_CHUNK_TOKENS = 65_536
@@ -33,6 +34,12 @@ STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 STORE_DTYPE_NAMES = {"fp16": "float16", "fp32": "float32"}
 """--store-dtype -> the store's `dtype` attribute (numpy's name)."""
 TOKENIZER_DIR = "tokenizer"
+HOST_BUFFER_BYTES = 2 << 30
+"""Default cap of the host (pinned) memory that holds batches on their way to the disk."""
+MAX_PENDING = 2
+"""Batches waiting for the writer thread at most (more only adds memory: the disk sets the pace)."""
+TOKENIZED_AHEAD = 4
+"""Batches tokenized and packed ahead of the forward pass."""
 
 
 @dataclass
@@ -148,18 +155,20 @@ class HiddenStateExtractor:
         return [self.out / "layers" / str(layer) for layer in layers]
 
     def extract(self, plan: ExtractionPlan, *, batch_size: int = 8, mode: str = "create", progress: bool = True,
-                stop: StopRequest | None = None, break_lock: bool = False) -> Path:
+                stop: StopRequest | None = None, break_lock: bool = False,
+                host_buffer_bytes: int = HOST_BUFFER_BYTES) -> Path:
         """Run the extraction; returns the store path.
 
         Ctrl-C / SIGTERM (or `stop.request()`) stop it between batches with `Interrupted`, the store
         at its last commit. A corpus without a single sequence fails before any store is created.
-        `break_lock` takes over a lock another host recorded (see store/lock.py).
+        `break_lock` takes over a lock another host recorded (see store/lock.py); `host_buffer_bytes`
+        caps the host memory of batches between the forward pass and the disk (see pending_batches).
         """
         with stop or StopRequest() as stop:
-            return self._extract(plan, batch_size, mode, progress, stop, break_lock)
+            return self._extract(plan, batch_size, mode, progress, stop, break_lock, host_buffer_bytes)
 
     def _extract(self, plan: ExtractionPlan, batch_size: int, mode: str, progress: bool, stop: StopRequest,
-                 break_lock: bool) -> Path:
+                 break_lock: bool, host_buffer_bytes: int) -> Path:
         check_layers(plan.layers, self.loaded.n_layers)
         if batch_size < 1:
             raise GhostTrackError(f"--batch-size must be at least 1, got {batch_size}")
@@ -192,15 +201,21 @@ class HiddenStateExtractor:
             writer = open_writer()
         committed = writer.committed_tokens
         own_target = writer.capacity
-        owned = _owned_sequences(sequences, plan, rank, world_size, committed)
+        # A complete store (resumed to add nothing) is not tokenized again just to skip its text.
+        owned = iter(()) if writer.complete else _owned_sequences(sequences, plan, rank, world_size, committed)
         bar = tqdm(total=own_target, initial=min(committed, own_target), unit="tok", unit_scale=True,
                    desc=f"extract {len(plan.layers)} layer(s)", disable=not progress, dynamic_ncols=True)
         written = committed
         complete = False
+        pending = pending_batches(batch_size * plan.seq_len * self.loaded.d_model * len(plan.layers)
+                                  * STORE_DTYPES[plan.store_dtype].itemsize, host_buffer_bytes)
         sink = AsyncStoreWriter(writer, pinned=self.loaded.device.type == "cuda", should_stop=lambda: stop.requested,
-                                check_batch=lambda counts: check_finite(counts, plan))
+                                check_batch=lambda counts: check_finite(counts, plan), max_pending=pending,
+                                device=self.loaded.device)
+        # Tokenizing and packing run on a thread, a few batches ahead of the forward passes.
+        batches = in_background(lambda: _batched(owned, batch_size), depth=TOKENIZED_AHEAD, name="ghosttrack-tokenize")
         try:
-            for batch in _batched(owned, batch_size):
+            for batch in batches:
                 if stop.requested:
                     raise Interrupted(stop.signal_name)
                 self._forward_batch(batch, plan, sink)
@@ -209,6 +224,7 @@ class HiddenStateExtractor:
                 bar.update(rows)
             complete = True
         finally:
+            batches.close()
             bar.close()
             sink.close(complete=complete)
         if written < own_target:
@@ -352,6 +368,12 @@ class _Collected:
         self.positions = np.concatenate([self.positions, other.positions])
         self.sequence_ids = np.concatenate([self.sequence_ids, other.sequence_ids])
         return self
+
+
+def pending_batches(batch_bytes: int, host_buffer_bytes: int) -> int:
+    """Batches that may wait for the writer: the ring holds them plus one being written and one being
+    filled, and stays within host_buffer_bytes (at least one waits, or the GPU would wait on the disk)."""
+    return max(1, min(MAX_PENDING, host_buffer_bytes // max(1, batch_bytes) - 2))
 
 
 def check_finite(counts_L2: np.ndarray, plan: ExtractionPlan) -> None:
