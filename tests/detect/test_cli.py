@@ -37,20 +37,33 @@ def _qa_file(path, n_questions: int, seed: int, answers: int = 2):
     return path
 
 
+@pytest.fixture(scope="module")
+def matches_dir(sae_dir, tmp_path_factory):
+    """Random edges layer 1 -> 2, written the way `ghosttrack match` writes them."""
+    from ghosttrack.tracks.edges import edge_file, write_edges
+
+    out = tmp_path_factory.mktemp("matches")
+    rng = np.random.default_rng(0)
+    src = np.repeat(np.arange(48), 3)
+    write_edges(edge_file(out, 1, 2), {"src": src, "dst": rng.integers(0, 48, len(src)),
+                                       "score": rng.uniform(0.5, 1, len(src)).astype(np.float32)}, {})
+    return out
+
+
 def _run(*args):
     return CliRunner().invoke(main, ["detect", *map(str, args)])
 
 
-def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_dir, monkeypatch):
+def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_dir, matches_dir, monkeypatch):
     data, other = _qa_file(tmp_path / "a.jsonl", 16, 0), _qa_file(tmp_path / "b.jsonl", 12, 1)
-    args = ["--data", data, "--test-data", other, "--model", tiny_gpt2_dir, "--sae", sae_dir, "--out",
+    args = ["--data", data, "--test-data", other, "--model", tiny_gpt2_dir, "--sae", sae_dir, "--matches", matches_dir,
+            "--out",
             tmp_path / "out", "--folds", 3, "--inner-folds", 2, "--bootstrap", 30, "--probe-layers", "0,2"]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [m["name"] for m in results["methods"]]
-    assert names == ["resid_probe", "sae_probe", "logprob", "length"]
-    assert results["skipped"][0]["name"] == "tracks" and "--matches" in results["skipped"][0]["reason"]
+    assert names == ["tracks", "resid_probe", "sae_probe", "logprob", "length"] and results["skipped"] == []
     for method in results["methods"] + results["transfer"]["methods"]:
         lo, hi = method["auroc_ci"]
         assert 0 <= lo <= hi <= 1 and 0 <= method["auroc"] <= 1
@@ -58,9 +71,9 @@ def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_
     assert all(m["n_test"] == 24 for m in results["transfer"]["methods"])
     assert results["split"]["kind"] == "group" and results["split"]["n_folds"] == 3
     assert results["features"]["probe_layers"] == [0, 2] and results["features"]["sae_layers"] == [1, 2]
-    assert {c["candidate"].split()[1] for m in results["methods"][:1] for c in m["chosen"]} <= {"0", "2"}
+    assert {c["candidate"].split()[1] for c in results["methods"][1]["chosen"]} <= {"0", "2"}
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| resid_probe |" in table and "transfer" in table and "not run" in table
+    assert "| tracks |" in table and "| resid_probe |" in table and "transfer" in table
     assert len(list((tmp_path / "out" / "cache").iterdir())) == 2  # one entry per source
 
     # A second run reuses the cached forward passes: no model is run.

@@ -128,3 +128,14 @@ def test_question_only_labels_score_chance_under_the_grouped_split_and_not_under
               if m.name in ("resid_probe", "sae_probe")}
     assert all(abs(value - 0.5) < 0.12 for value in grouped.values()), grouped
     assert by_row["resid_probe"] > 0.75 and by_row["sae_probe"] > 0.6, by_row
+
+
+def test_methods_without_tracker_or_sae_are_reported_as_skipped_with_the_reason():
+    from detect_helpers import noise_layers_features
+    from ghosttrack.detect.methods import build_methods
+
+    features, _, _ = noise_layers_features(n=20, n_layers=2)
+    features.info["tracks_missing"] = "no --matches given"
+    methods, skipped = build_methods(features)
+    assert [m.name for m in methods] == ["resid_probe", "logprob", "length"]
+    assert skipped == [{"name": "tracks", "reason": "no --matches given"}, {"name": "sae_probe", "reason": "no SAE given"}]

@@ -88,3 +88,41 @@ def test_cache_round_trip(tmp_path, tiny, tiny_saes):
     assert loaded.layers == [1, 3] and loaded.token_layers == [1, 2] and loaded.track_stats is None
     assert loaded.token_rows.shape == (2, features.answer_tokens.sum(), 32)
     assert load_features(tmp_path / "missing") is None
+
+
+def random_edges(saes: dict, per_source: int = 3, seed: int = 0) -> dict:
+    """Edges from every latent of each layer to a few random latents of the next, all above threshold."""
+    rng = np.random.default_rng(seed)
+    layers = sorted(saes)
+    edges = {}
+    for i, j in zip(layers[:-1], layers[1:]):
+        src = np.repeat(np.arange(saes[i].cfg.d_sae), per_source)
+        edges[(i, j)] = {"src": src, "dst": rng.integers(0, saes[j].cfg.d_sae, len(src)),
+                         "score": rng.uniform(0.5, 1.0, len(src)).astype(np.float32)}
+    return edges
+
+
+@torch.no_grad()
+def test_tracker_statistics_of_the_answer_rows_equal_tracking_the_whole_text(tiny, tiny_saes):
+    """Tracks follow one token across layers: tracking the cached answer rows alone must give what the
+    tracks stage gives for the whole text pooled over the answer's span."""
+    from ghosttrack.detect.features import add_track_features
+    from ghosttrack.tracks.pipeline import TrackingPipeline
+    from ghosttrack.tracks.stats import track_statistics
+    from ghosttrack.tracks.tracker import HypothesisTracker
+
+    examples = _examples(6, seed=3)
+    tracker = HypothesisTracker(sorted(tiny_saes), random_edges(tiny_saes), {k: 48 for k in tiny_saes})
+    features = compute_features(tiny, examples, [0], sorted(tiny_saes), batch_size=4, progress=False)
+    add_track_features(features, tracker, add_sae_features(features, tiny_saes))
+
+    pipe = TrackingPipeline(tiny, tiny_saes, tracker, "resid_post")
+    results, spans = [], []
+    for question, answer in zip(examples.questions, examples.answers):
+        ids, start = encode_example(tiny.tokenizer, question, answer, 128, 48)
+        results.append(pipe.track_ids(torch.tensor([ids])))
+        spans.append((start, len(ids)))
+    expected, names = track_statistics(results, spans)
+    assert features.track_names == names
+    assert expected[:, names.index("n_tracks_mean")].min() > 0  # the edges link something
+    np.testing.assert_allclose(features.track_stats, expected, rtol=1e-5, atol=1e-6)
