@@ -196,7 +196,8 @@ class FeatureInterpreter:
             for f in np.flatnonzero(stats.counts):
                 top = float(stats.max_values[f])
                 edges = quantile_edges(stats.histogram[f], stats.bins, top, n_bands)
-                bands[f] = quantile_examples(stats.sample_rows[f], stats.sample_values[f], edges, top, n_bands, per)
+                bands[f] = quantile_examples(stats.sample_rows[f], stats.sample_values[f], edges, top, n_bands, per,
+                                             shown=stats.top_rows[f])
                 for b in bands[f]:
                     at = b["band"] * per
                     q_rows[f, at:at + len(b["rows"])] = b["rows"]
@@ -330,11 +331,11 @@ class FeatureInterpreter:
         _, positions, _ = self._token_arrays()
         top_rows = stats.top_rows[:, 0]
         kept = positions[stats.keep_mask] if stats.keep_mask is not None else positions
-        rows = peak_rows(top_rows)
+        rows = peak_rows(top_rows, stats.max_values, stats.n_rows)
         for peak, ctx in zip(rows, self.contexts(np.array([r["row"] for r in rows], dtype=np.int64))):
             peak.update(position=ctx["position"], text=ctx["text"], tokens=ctx["tokens"],
                         token_index=ctx["token_index"])
-        at_positions = peak_positions(top_rows, positions, kept)
+        at_positions = peak_positions(top_rows, stats.max_values, positions, kept)
         return {
             "layer": self.layer,
             "store": str(self.store.path),

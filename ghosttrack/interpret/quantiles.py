@@ -43,10 +43,11 @@ def band_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def quantile_examples(sample_rows: np.ndarray, sample_values: np.ndarray, edges: np.ndarray, top: float,
-                      n_bands: int, per_band: int) -> list[dict]:
+                      n_bands: int, per_band: int, shown: np.ndarray | None = None) -> list[dict]:
     """One feature's bands: [{band, lo, hi, rows, values}], examples strongest first within a band.
 
     `sample_rows` / `sample_values` are the feature's sample in key order (-1 rows are empty slots).
+    Rows in `shown` (the top examples) come last within a band, so the top band shows new contexts.
     """
     filled = sample_rows >= 0
     rows, values = sample_rows[filled], sample_values[filled]
@@ -56,7 +57,10 @@ def quantile_examples(sample_rows: np.ndarray, sample_values: np.ndarray, edges:
     bounds = np.concatenate([[0.0], edges, [top]])
     out = []
     for i in range(n_bands):
-        pick = np.flatnonzero(band == i)[:per_band]  # key order: a random draw from the band
+        in_band = np.flatnonzero(band == i)  # key order: a random draw from the band
+        if shown is not None:
+            in_band = in_band[np.argsort(np.isin(rows[in_band], shown), kind="stable")]
+        pick = in_band[:per_band]
         pick = pick[np.argsort(-values[pick], kind="stable")]
         out.append({"band": i, "lo": float(bounds[i]), "hi": float(bounds[i + 1]),
                     "rows": rows[pick].tolist(), "values": values[pick].tolist()})

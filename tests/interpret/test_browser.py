@@ -57,9 +57,10 @@ def fake_summary(records: list[dict]) -> dict:
             "dead": {"count": len(dead), "fraction": len(dead) / n, "features": dead},
             "dense": {"count": len(dense), "fraction": len(dense) / n, "threshold": 0.1, "features": dense},
             "density_histogram": density_histogram(density[density > 0], 10_000),
-            "peak_rows": [{"row": 4242, "features": 12, "share": 0.05, "feature_ids": [2, 4, 6], "position": 1,
-                           "text": "sink here", "tokens": [" sink", " here"], "token_index": 0}],
-            "peak_positions": [{"position": 1, "features": 12, "share": 0.05, "expected_share": 0.01}],
+            "peak_rows": [{"row": 4242, "features": 12, "share": 0.05, "top_by_max": 9, "feature_ids": [2, 4, 6],
+                           "position": 1, "text": "sink here", "tokens": [" sink", " here"], "token_index": 0}],
+            "peak_positions": [{"position": 1, "scope": "top_by_max", "features": 9, "of": 50, "share": 0.18,
+                                "expected_share": 0.01}],
             "peak_hint": "1 row(s) are each the top example of many features; pass --skip-positions 1"}
 
 
@@ -119,7 +120,7 @@ def chromium(tmp_path: Path, url: str, *extra: str) -> str:
 
 def by_id(dom: str, element_id: str) -> str:
     """The text of the element with this id and everything after it up to the next panel (good enough here)."""
-    match = re.search(rf'id="{element_id}"(.*?)(?=<div class="panel"|</main>)', dom, re.S)
+    match = re.search(rf'id="{element_id}"(.*?)(?=<div class="panel[ "]|</main>)', dom, re.S)
     assert match, f"no element #{element_id} in the page"
     return match.group(1)
 
@@ -136,6 +137,7 @@ def test_page_in_chromium(page, tmp_path):
     assert 'href="#feature=1"' in by_id(overview, "dense-list")
     peaks = by_id(overview, "peak-rows")
     assert "--skip-positions 1" in peaks and "4242" in peaks and 'href="#feature=6"' in peaks
+    assert "9 of the 50 strongest" in peaks and "the top example of 9 of the 50 strongest features" in peaks
     # A feature page (in the second data file) shows its contexts with the token highlighted.
     f = PART_SIZE + 7
     view = chromium(tmp_path, url + f"#feature={f}", "--dump-dom")
