@@ -165,3 +165,31 @@ def test_fp16_overflow_stops_naming_layer_count_and_fix_and_fp32_stores_it(overf
     rows = store.read_rows(2, 0, 64)
     assert rows.dtype == np.float32 and np.isfinite(rows).all() and np.abs(rows).max() > 65504
     assert np.abs(store.read_rows(0, 0, 64)).max() < 1000  # layer 0 is before the scaled block
+
+
+def test_the_real_gguf_header_matches_its_transformers_config():
+    from conftest import assets_dir
+
+    assets = assets_dir()
+    found = sorted(assets.rglob("*.gguf")) if assets else []
+    if not found:
+        pytest.skip("offline assets (make assets) are not here")
+    shape = preflight.read_model_shape(str(found[0]))
+    assert (shape.n_layers, shape.d_model, shape.context_length) == (30, 576, 8192)  # SmolLM2-135M
+
+
+def test_a_failed_tokenizer_save_is_one_line_and_releases_the_store(tiny_gpt2_dir, corpus_file, tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    def no_space(self, *args, **kwargs):
+        raise OSError("write failed")  # like ndarray.tofile on a full disk: no errno
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", no_space)
+    out = tmp_path / "store"
+    result = _invoke(_args(tiny_gpt2_dir, corpus_file, out))
+    assert result.exit_code == 2, result.output
+    assert "error: write failed while saving the tokenizer into" in result.output and "--resume" in result.output
+    assert not (out / "tokenizer.partial").exists() and not (out / ".lock").exists()
+    monkeypatch.undo()
+    again = _invoke(_args(tiny_gpt2_dir, corpus_file, out, "--resume"))
+    assert again.exit_code == 0, again.output
+    assert (out / "tokenizer").is_dir()
