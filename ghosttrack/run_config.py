@@ -49,10 +49,16 @@ def parse_layers(spec: str | list[int], n_layers: int | None = None) -> list[int
 
 def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:
     """Write {command, options} so that `--config` on that file reproduces the run exactly."""
-    directory = Path(directory)
+    from ghosttrack.store.location import as_location, is_remote
+
+    directory = as_location(directory)
     directory.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in options.items() if k != "config"}
     path = directory / CONFIG_FILENAME
+    if is_remote(path):  # one PUT is atomic
+        path.write_bytes((json.dumps({"command": command, "options": clean}, indent=2, sort_keys=True,
+                                     default=str) + "\n").encode())
+        return path
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"command": command, "options": clean}, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)

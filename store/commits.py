@@ -8,7 +8,6 @@ the longest prefix of chunks that are all committed.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +16,26 @@ import zarr
 from . import format as fmt
 from .errors import StoreError
 from .files import read_json, write_json
+from .location import Location, as_location, remove_tree, zarr_store
 from .lock import StoreLock
 
 COMMITS_DIR = "commits"
 
 
-def rank_file(root: Path, rank: int) -> Path:
+def rank_file(root: Location, rank: int) -> Location:
     """Where rank ``rank`` records its progress."""
-    return Path(root) / COMMITS_DIR / f"rank-{rank}.json"
+    return as_location(root) / COMMITS_DIR / f"rank-{rank}.json"
+
+
+def mark_multi_process(root: Location) -> None:
+    """Make ``commits/`` exist before any rank commits: it tells readers and resumes that the store
+    is written by several processes. On an object store, where a prefix exists only while objects
+    lie under it, an empty marker object holds it."""
+    commits = as_location(root) / COMMITS_DIR
+    if isinstance(commits, Path):
+        commits.mkdir(exist_ok=True)
+    elif not commits.is_dir():
+        (commits / "started").write_bytes(b"")
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ def read_rank_commits(root: Path, world_size: int) -> list[RankCommit]:
 
 def recorded_world_size(root: Path) -> int | None:
     """The world size in the store's rank records, or None when it has none."""
-    for p in sorted((Path(root) / COMMITS_DIR).glob("rank-*.json")):
+    for p in sorted((as_location(root) / COMMITS_DIR).glob("rank-*.json"), key=str):
         doc = read_json(p)
         if isinstance(doc, dict) and isinstance(doc.get("world_size"), int):
             return doc["world_size"]
@@ -101,7 +112,7 @@ def merged_commit(commits: list[RankCommit], chunk_tokens: int, root: Path) -> t
     return total, all_done
 
 
-def finalize_store(path: Path, world_size: int) -> int:
+def finalize_store(path: Location, world_size: int) -> int:
     """Merge the rank records of a multi-process store into its group attributes (rank 0, after
     every rank closed). When all ranks are complete the arrays are cut to the committed rows and
     the records are removed, leaving the same bytes as a single-process run. Returns committed_tokens."""
@@ -113,12 +124,12 @@ def finalize_store(path: Path, world_size: int) -> int:
     with StoreLock.acquire(path / fmt.LOCK_PREFIX, path):
         commits = read_rank_commits(path, world_size)
         total, complete = merged_commit(commits, stored["chunk_tokens"], path)
-        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+        group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
         if complete:
             for name in fmt.array_names(stored["layers"]):
                 array = group[name]
                 array.resize((total,) + array.shape[1:])
         group.update_attributes({"committed_tokens": total, "complete": complete})
         if complete:
-            shutil.rmtree(path / COMMITS_DIR)
+            remove_tree(path / COMMITS_DIR)
     return total

@@ -3,6 +3,10 @@
 A process killed at any instant leaves either the old file or the new one, never a torn one
 (plus possibly a stray ``.partial`` file, which a resuming writer deletes). Like zarr's LocalStore
 this does not fsync: it protects against killed processes, not against power loss.
+
+On an object store (``location.ObjectPath``) there is no rename: ``ObjectUpload`` keeps the bytes in
+memory and sends them in one PUT on commit, which is atomic (readers see the whole object or none);
+a killed process leaves nothing behind. ``atomic_file`` picks the right one for a location.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import google_crc32c  # a dependency of zarr v3: its crc32c codec uses it
 import numpy as np
 
 from .format import TMP_SUFFIX
+from .location import Location, ObjectPath, as_location, is_remote
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _CRC_BLOCK_BYTES = 1 << 20
@@ -31,7 +36,9 @@ def is_disk_full(err: OSError, folder: Path | None = None, need: int = 1) -> boo
     """
     if err.errno in DISK_FULL_ERRNOS:
         return True
-    return err.errno is None and folder is not None and free_bytes(folder) < need
+    if folder is None or is_remote(folder):
+        return False
+    return err.errno is None and free_bytes(folder) < need
 
 
 def free_bytes(folder: Path) -> int:
@@ -98,9 +105,58 @@ class AtomicFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, doc: Any) -> None:
+class ObjectUpload:
+    """``AtomicFile`` for an object store: the bytes are kept in memory (one chunk) and sent in one
+    PUT by ``commit()``; ``abort()`` sends nothing. ``payload()`` is what commit would send (so that
+    several uploads can go out together, see ``commit_all``)."""
+
+    def __init__(self, path: ObjectPath, checksum: bool = False):
+        self.path = path
+        self._parts: list[bytes] = []
+        self._crc = 0 if checksum else None
+
+    def write(self, data: np.ndarray | bytes) -> None:
+        if not isinstance(data, bytes):
+            if not data.flags.c_contiguous:
+                raise ValueError("ObjectUpload.write needs a C-contiguous array")
+            data = data.tobytes()
+        self._parts.append(data)
+        if self._crc is not None:
+            self._crc = google_crc32c.extend(self._crc, data)
+
+    def payload(self) -> bytes:
+        tail = [] if self._crc is None else [np.uint32(self._crc).astype("<u4").tobytes()]
+        return b"".join(self._parts + tail)
+
+    def commit(self) -> None:
+        self.path.write_bytes(self.payload())
+        self._parts = []
+
+    def abort(self) -> None:
+        self._parts = []
+
+
+def atomic_file(path: Location, checksum: bool = False) -> AtomicFile | ObjectUpload:
+    """A file written piece by piece that appears whole on ``commit()`` (see the module docstring)."""
+    return ObjectUpload(path, checksum) if is_remote(path) else AtomicFile(path, checksum)
+
+
+def commit_all(files: list) -> None:
+    """Commit several files; on an object store their PUTs go out concurrently (fsspec's ``pipe``
+    with many keys), all of them finished when this returns."""
+    uploads = [f for f in files if isinstance(f, ObjectUpload)]
+    for f in files:
+        if not isinstance(f, ObjectUpload):
+            f.commit()
+    if uploads:
+        uploads[0].path.fs.pipe({f.path.key: f.payload() for f in uploads})
+        for f in uploads:
+            f.abort()  # sent: drop the buffered bytes
+
+
+def write_json(path: Location, doc: Any) -> None:
     """Write a JSON document atomically, with sorted keys so equal documents give equal bytes."""
-    f = AtomicFile(path)
+    f = atomic_file(path)
     try:
         f.write(json.dumps(doc, indent=2, sort_keys=True).encode())
         f.commit()
@@ -112,13 +168,15 @@ def write_json(path: Path, doc: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON document; None when the file does not exist."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(as_location(path).read_text())
     except FileNotFoundError:
         return None
 
 
 def remove_partials(root: Path) -> int:
     """Delete every leftover ``*.partial`` file under ``root`` (debris of a killed writer)."""
+    if is_remote(root):
+        return 0  # an object appears whole or not at all: nothing partial to delete
     n = 0
     for p in Path(root).rglob("*" + TMP_SUFFIX):
         if p.is_file():

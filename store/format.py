@@ -28,6 +28,7 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
 from .errors import StoreError
+from .location import Location, as_location, zarr_store
 
 FORMAT_VERSION = 2
 """Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec)."""
@@ -111,13 +112,13 @@ def identity_of(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in PROGRESS_KEYS}
 
 
-def read_store_attrs(path: Path) -> dict[str, Any] | None:
+def read_store_attrs(path: Location) -> dict[str, Any] | None:
     """The group attributes if ``path`` holds a GhostTrack store (a zarr.json with format_version), else None.
 
     A store whose zarr.json is damaged (unreadable, not JSON, not a group) while its arrays are
     there raises StoreError: it is a GhostTrack store, but nothing in it can be trusted.
     """
-    meta = Path(path) / "zarr.json"
+    meta = as_location(path) / "zarr.json"
     try:
         doc = json.loads(meta.read_text())
     except FileNotFoundError:
@@ -135,20 +136,21 @@ def read_store_attrs(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def looks_like_store(path: Path) -> bool:
+def looks_like_store(path: Location) -> bool:
     """True when ``path`` holds the arrays of a GhostTrack store (whatever its zarr.json says)."""
-    return (Path(path) / "tokens" / "zarr.json").is_file() and (Path(path) / "layers").is_dir()
+    path = as_location(path)
+    return (path / "tokens" / "zarr.json").is_file() and (path / "layers").is_dir()
 
 
-def content_entries(path: Path) -> list[Path]:
+def content_entries(path: Location) -> list[Location]:
     """The folder's entries that are store content (everything but lock files); [] if missing."""
-    path = Path(path)
+    path = as_location(path)
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if not p.name.startswith(LOCK_PREFIX))
+    return sorted((p for p in path.iterdir() if not p.name.startswith(LOCK_PREFIX)), key=str)
 
 
-def create_group(path: Path, attrs: dict[str, Any], target_tokens: int) -> zarr.Group:
+def create_group(path: Location, attrs: dict[str, Any], target_tokens: int) -> zarr.Group:
     """Create the group and all its arrays, shaped for ``target_tokens`` rows.
 
     The arrays keep that shape until the run completes (then they are cut to the committed rows),
@@ -156,7 +158,7 @@ def create_group(path: Path, attrs: dict[str, Any], target_tokens: int) -> zarr.
     same metadata bytes as an uninterrupted one.
     """
     # "a", not "w" or "w-": those empty or refuse the folder, whose lock file is already there.
-    group = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3, attributes=attrs)
+    group = zarr.open_group(zarr_store(path), mode="a", zarr_format=3, attributes=attrs)
     ct, d = attrs["chunk_tokens"], attrs["d_model"]
     for layer in attrs["layers"]:
         _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPES[attrs["dtype"]])
@@ -179,10 +181,11 @@ def array_names(layers: list[int]) -> list[str]:
     return [layer_array(i) for i in layers] + list(ROW_ARRAYS)
 
 
-def chunk_file(root: Path, array: zarr.Array, c: int) -> Path:
-    """The file that holds row-chunk ``c`` of ``array`` (zarr's own key encoding decides the name)."""
+def chunk_file(root: Location, array: zarr.Array, c: int) -> Location:
+    """The file (or object) that holds row-chunk ``c`` of ``array`` (zarr's own key encoding decides
+    the name)."""
     coords = (c,) + (0,) * (array.ndim - 1)
-    return Path(root) / array.path / array.metadata.encode_chunk_key(coords)
+    return as_location(root) / array.path / array.metadata.encode_chunk_key(coords)
 
 
 def has_checksum(array: zarr.Array) -> bool:

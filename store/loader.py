@@ -23,7 +23,6 @@ remaining batches are exactly those an uninterrupted loader would have produced.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -61,7 +60,8 @@ class LoaderConfig:
     max_norm_ratio: float | None = 3.0
     """Leave out rows whose L2 norm exceeds this times the median row norm (None: keep all)."""
     prefetch_chunks: int = 2
-    """Chunk files whose reading-ahead is requested from the OS ahead of the one being mixed."""
+    """Chunks whose reading is started ahead of the one being mixed (the OS's read-ahead for local
+    files; background GETs on an object store)."""
     device_resident: str = "auto"
     """"yes": hold the whole filtered split on the device; "no": stream from disk; "auto": hold
     it when the device is CUDA and it takes < 50% of the free device memory."""
@@ -132,18 +132,6 @@ class _ChunkRows:
         self._remaining[ks] -= n
         for k in ks[self._remaining[ks] == 0]:
             self._open.pop(int(k), None)
-
-
-def _readahead(store: ActivationStore, layer: int, c: int) -> None:
-    """Ask the OS to start reading chunk ``c`` into the page cache (no-op where unsupported)."""
-    f = store.chunk_file(layer, c)
-    if f is None or not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(f, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
 
 
 class ActivationLoader:
@@ -251,9 +239,10 @@ class ActivationLoader:
                 yield batch
 
     def _read_ahead(self, order: np.ndarray, p: int) -> None:
-        """Ask the OS to read the chunk entering the stream and the next prefetch_chunks ones."""
+        """Start reading the chunk entering the stream and the next prefetch_chunks ones (the OS's
+        read-ahead for local files, concurrent GETs on an object store)."""
         for j in order[p:p + self.config.prefetch_chunks + 1]:
-            _readahead(self.store, self.layer, int(self.chunks[j]))
+            self.store.read_ahead(self.layer, int(self.chunks[j]))
 
     # ---------------------------------------------------------------- iteration
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .errors import StoreError
+from .location import as_location, is_remote
 
 
 def read_holder(path: Path) -> dict:
@@ -51,7 +52,11 @@ class StoreLock:
 
     @classmethod
     def acquire(cls, path: Path, store: Path, *, break_lock: bool = False) -> "StoreLock":
-        """Take the lock or raise StoreError naming its holder and the way out."""
+        """Take the lock or raise StoreError naming its holder and the way out. On an object store
+        the lock is a conditionally created object instead (``object_lock.py``)."""
+        if is_remote(path):
+            from .object_lock import ObjectLock
+            return ObjectLock.acquire(path, as_location(store), break_lock=break_lock)
         path, store = Path(path), Path(store)
         host = socket.gethostname()
         for _ in range(10):  # retried only while another process removes the file under us
@@ -164,7 +169,12 @@ def break_lock(store: Path, lock_name: str = ".lock") -> dict:
     """Remove a store's lock record when no process on this host holds its OS lock (the CLI's
     ``--break-lock`` for a record left by another host); returns the record removed.
     A lock held by a live process here is refused, as ``StoreLock.acquire`` would."""
-    path = Path(store) / lock_name
+    path = as_location(store) / lock_name
+    if is_remote(path):
+        from .object_lock import ObjectLock, read_holder as read_object_holder
+        holder = read_object_holder(path) or {}
+        ObjectLock.acquire(path, as_location(store), break_lock=True).release()
+        return holder
     holder = read_holder(path)
     with StoreLock.acquire(path, store, break_lock=True):
         pass

@@ -7,7 +7,6 @@ that no reader calls complete and that ``--resume`` starts over.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import zarr
 from . import format as fmt
 from .commits import COMMITS_DIR
 from .errors import StoreError
+from .location import remove_tree, zarr_store
 
 MODES = ("create", "resume", "overwrite")
 COMMIT_KEYS = ("committed_tokens", "complete")
@@ -85,9 +85,9 @@ def mark_uncommitted(path: Path) -> None:
     except StoreError:
         attrs = None  # an unreadable zarr.json already makes every reader refuse the store
     if attrs is not None and (attrs.get("committed_tokens") or attrs.get("complete")):
-        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+        group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
         group.update_attributes({"committed_tokens": 0, "complete": False})
-    shutil.rmtree(path / COMMITS_DIR, ignore_errors=True)
+    remove_tree(path / COMMITS_DIR)
 
 
 def clear(path: Path) -> None:
@@ -95,4 +95,4 @@ def clear(path: Path) -> None:
     mark_uncommitted(path)
     entries = fmt.content_entries(path)
     for entry in sorted(entries, key=lambda p: p.name == "zarr.json"):
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        remove_tree(entry) if entry.is_dir() else entry.unlink()

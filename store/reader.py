@@ -2,7 +2,9 @@
 
 A chunk of an uncompressed, unsharded array is handed out as a ``numpy.memmap`` of the data part
 of its chunk file (no copy, no decode, no checksum: the fast path; ``verify.py`` checks the
-checksums); any other layout goes through zarr. Rows past ``committed_tokens`` are never returned.
+checksums); any other layout goes through zarr. On an object store a plain chunk is one GET of the
+whole object, fetched ahead where the loader asks (``remote_reads.py``) and checked for its size
+and checksum before use. Rows past ``committed_tokens`` are never returned.
 
 The committed range checks itself: every committed chunk must be there with its full size, so a
 missing, short or unreadable chunk file is an error naming the array, the chunk and the fix,
@@ -20,7 +22,9 @@ import zarr
 
 from . import format as fmt
 from .errors import StoreError
+from .location import Location, as_location, check_reachable, is_remote, zarr_store
 from .modes import check_commit_record
+from .remote_reads import ChunkFetcher, check_chunk_bytes
 
 
 REPAIR_COMMAND = "ghosttrack extract ... --resume --repair"
@@ -54,8 +58,11 @@ def _human_bytes(n: float) -> str:
 class ActivationStore:
     """A GhostTrack activation store opened for reading (see ``format.py`` for the layout)."""
 
-    def __init__(self, path: Path, group: zarr.Group, attrs: dict[str, Any]):
+    def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any]):
         self.path = path
+        self.remote = is_remote(path)
+        """True on an object store: chunks are fetched, not memory-mapped."""
+        self._fetcher = ChunkFetcher() if self.remote else None
         self.attrs = attrs
         self.layers: list[int] = list(attrs["layers"])
         self.d_model: int = attrs["d_model"]
@@ -83,7 +90,8 @@ class ActivationStore:
     @classmethod
     def open(cls, path) -> "ActivationStore":
         """Open the store at ``path``; StoreError if it is missing, not a store, or damaged."""
-        path = Path(path)
+        path = as_location(path)
+        check_reachable(path, for_writing=False)
         if not path.is_dir():
             raise StoreError(f"no activation store at {path}; run ghosttrack extract --out {path} first")
         attrs = fmt.read_store_attrs(path)
@@ -100,7 +108,7 @@ class ActivationStore:
                              "re-extract with --overwrite")
         check_commit_record(path, attrs)
         try:
-            group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r", zarr_format=3)
+            group = zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
             store = cls(path, group, attrs)
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise StoreError(f"store {path} is damaged ({type(e).__name__}: {e}); "
@@ -138,9 +146,9 @@ class ActivationStore:
 
     def chunk_file(self, layer: int, c: int) -> Path | None:
         """The file to memory-map for chunk ``c`` of ``layer``, or None where zarr must decode it
-        (compressed or sharded array). Missing or short files raise StoreError."""
+        (compressed or sharded array, or an object store). Missing or short files raise StoreError."""
         name = self.require_layer(layer)
-        if not self._plain[name]:
+        if not self._plain[name] or self.remote:
             return None
         return Path(self._checked_plain_file(name, c))
 
@@ -152,9 +160,33 @@ class ActivationStore:
             f = self._paths[key] = str(fmt.chunk_file(self.path, self._arrays[name], c))
         return f
 
+    def read_ahead(self, layer: int, c: int) -> None:
+        """Start reading chunk ``c`` of ``layer`` before it is needed: on an object store its GET
+        starts on a background thread; a local file is handed to the OS's read-ahead."""
+        name = self.require_layer(layer)
+        if self.remote:
+            self.fetch_ahead(name, c)
+            return
+        f = self.chunk_file(layer, c)
+        if f is None or not hasattr(os, "posix_fadvise"):
+            return
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def chunk_problem(self, name: str, c: int) -> str | None:
         """What is wrong with the file of committed chunk ``c`` of array ``name`` that its presence
         and size show (None: nothing). Reading it (``verify.py``) can find more."""
+        if self.remote:
+            f = fmt.chunk_file(self.path, self._arrays[name], c)
+            size = f.size()
+            if size is None:
+                return f"is missing ({f})"
+            if self._plain[name] and size != self._file_size[name]:
+                return f"holds {size} bytes, expected {self._file_size[name]} ({f})"
+            return None
         if not self._plain[name]:
             f = fmt.chunk_file(self.path, self._arrays[name], c)
             return None if f.is_file() else f"is missing ({f})"
@@ -183,6 +215,8 @@ class ActivationStore:
         else decoded by zarr (which checks a checksum the chunks carry)."""
         start, stop = self.chunk_bounds(c)
         array = self._arrays[name]
+        if self._plain[name] and self.remote:
+            return self._fetched_chunk(name, c)[: stop - start]
         if self._plain[name]:
             f = self._checked_plain_file(name, c)
             shape = (self.chunk_tokens,) + array.shape[1:]
@@ -197,6 +231,32 @@ class ActivationStore:
             return array[start:stop]
         except Exception as e:  # a decoder's error (checksum, truncated stream ...): damaged data
             raise damaged_chunk(self.path, name, c, f"cannot be decoded ({type(e).__name__}: {e})") from e
+
+    def fetch_ahead(self, name: str, c: int) -> None:
+        """Object store: start the GET of chunk ``c`` of array ``name`` in the background."""
+        if self.remote and self._plain[name] and 0 <= c < self.n_chunks:
+            self._fetcher.read_ahead(fmt.chunk_file(self.path, self._arrays[name], c))
+
+    def fetch_raw(self, name: str, c: int) -> np.ndarray:
+        """Object store: the bytes of chunk object ``c`` of ``name`` as uint8, unchecked (for
+        ``verify.py``); FileNotFoundError when it is missing."""
+        return np.frombuffer(self._fetcher.fetch(fmt.chunk_file(self.path, self._arrays[name], c)), np.uint8)
+
+    def _fetched_chunk(self, name: str, c: int) -> np.ndarray:
+        """A plain chunk of an object store: the whole object, checked, as a read-only array."""
+        obj = fmt.chunk_file(self.path, self._arrays[name], c)
+        try:
+            raw = self._fetcher.fetch(obj)
+        except FileNotFoundError:
+            raise damaged_chunk(self.path, name, c, f"is missing ({obj})") from None
+        except OSError as e:
+            raise damaged_chunk(self.path, name, c, f"cannot be read ({obj}: {e})") from e
+        problem = check_chunk_bytes(raw, self._arrays[name], self._file_size[name])
+        if problem is not None:
+            raise damaged_chunk(self.path, name, c, f"{problem} ({obj})")
+        array = self._arrays[name]
+        shape = (self.chunk_tokens,) + array.shape[1:]
+        return np.frombuffer(raw, array.dtype.newbyteorder("<"), count=int(np.prod(shape))).reshape(shape)
 
     def read_chunk(self, layer: int, c: int) -> np.ndarray:
         """Chunk ``c`` of ``layer`` as (rows, d_model) float16: a read-only ``numpy.memmap`` of the
@@ -247,6 +307,8 @@ class ActivationStore:
 
     def nbytes_on_disk(self) -> int:
         """Total size of the store's files (lock files excluded)."""
+        if self.remote:
+            return sum(n for k, n in self.path.sizes().items() if not k.startswith(fmt.LOCK_PREFIX))
         return sum(p.stat().st_size for entry in fmt.content_entries(self.path)
                    for p in ([entry] if entry.is_file() else entry.rglob("*")) if p.is_file())
 
@@ -257,9 +319,25 @@ class ActivationStore:
 
     def damaged_files(self) -> list[tuple[str, int, str]]:
         """(array, chunk, problem) for every committed chunk file that is missing or has the wrong
-        size: a quick check (one stat per file); ``verify_store`` also reads the data."""
+        size: a quick check (one stat per file, one listing on an object store); ``verify_store``
+        also reads the data."""
+        if self.remote:
+            return self._damaged_objects()
         return [(name, c, why) for name in self._arrays for c in range(self.n_chunks)
                 if (why := self.chunk_problem(name, c)) is not None]
+
+    def _damaged_objects(self) -> list[tuple[str, int, str]]:
+        sizes, root, out = self.path.sizes(), len(str(self.path)) + 1, []
+        for name, array in self._arrays.items():
+            want = self._file_size.get(name)
+            for c in range(self.n_chunks):
+                f = fmt.chunk_file(self.path, array, c)
+                size = sizes.get(str(f)[root:])
+                if size is None:
+                    out.append((name, c, f"is missing ({f})"))
+                elif want is not None and size != want:
+                    out.append((name, c, f"holds {size} bytes, expected {want} ({f})"))
+        return out
 
     def summary(self) -> str:
         """What ``ghosttrack info`` prints. A store with missing or short chunk files is called

@@ -68,6 +68,10 @@ class LayerStats:
         return np.unpackbits(self.keep_packed[c], count=self.chunk_rows[c]).astype(bool)
 
 
+_SCAN_AHEAD = 4
+"""Chunks whose fetch starts ahead of the one being scanned (object stores only)."""
+
+
 def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
                max_norm_ratio: float | None = 3.0, skip_positions: tuple[int, ...] = (),
                allow_nonfinite: bool = False, progress: bool = True, median_chunks=None,
@@ -84,7 +88,11 @@ def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
     store.require_layer(layer)
     skip_positions = tuple(sorted({int(p) for p in skip_positions}))
     norms, flagged, at_skipped = [], [], []
+    name = store.require_layer(layer)
     for c in tqdm(range(store.n_chunks), desc=f"scan layer {layer}", unit="chunk", disable=not progress):
+        for ahead in range(c, min(c + _SCAN_AHEAD, store.n_chunks)):  # object stores: GETs in flight
+            store.fetch_ahead(name, ahead)
+            store.fetch_ahead("positions", ahead)
         start, stop = store.chunk_bounds(c)
         norms.append(row_norms(store.read_chunk(layer, c)))
         pos = store.positions(start, stop)

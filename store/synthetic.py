@@ -6,10 +6,9 @@ which is what crash-and-resume tests need (the resumed writer must append the sa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .location import Location, as_location
 from .writer import StoreWriter
 
 SYNTHETIC_ATTRS = {
@@ -44,11 +43,11 @@ def append_synthetic(writer: StoreWriter, start: int, stop: int, *, context_leng
 
 def write_synthetic_store(path, *, layers: list[int], d_model: int, n_tokens: int, chunk_tokens: int,
                           context_length: int = 16, target_tokens: int | None = None,
-                          complete: bool = True, piece: int = 1000) -> Path:
+                          complete: bool = True, piece: int = 1000) -> Location:
     """Write a store of synthetic rows [0, n_tokens) (complete, or interrupted after n_tokens)."""
     attrs = {**SYNTHETIC_ATTRS, "context_length": context_length}
     with StoreWriter.open(path, layers=layers, d_model=d_model, target_tokens=target_tokens or n_tokens,
                           chunk_tokens=chunk_tokens, attrs=attrs) as w:
         append_synthetic(w, 0, n_tokens, context_length=context_length, piece=piece)
         w.close(complete=complete)
-    return Path(path)
+    return as_location(path)

@@ -19,6 +19,7 @@ from . import format as fmt
 from .reader import REPAIR_COMMAND, ActivationStore, ChunkDamaged
 
 _BLOCK_BYTES = 1 << 21  # finite checks in blocks that stay in the cache
+_REMOTE_AHEAD = 8  # chunk objects requested ahead of the one being checked
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ def verify_store(path, *, progress: bool = False) -> VerifyReport:
                           chunk_tokens=store.chunk_tokens,
                           checksums=all(fmt.has_checksum(store._arrays[a]) for a in arrays))
     work = [(name, c) for c in range(store.n_chunks) for name in arrays]
-    for name, c in tqdm(work, desc=f"verify {store.path.name}", unit="chunk", disable=not progress):
+    for i, (name, c) in enumerate(tqdm(work, desc=f"verify {store.path.name}", unit="chunk", disable=not progress)):
+        if store.remote:  # keep a few GETs in flight ahead of the check
+            for ahead in work[i:i + _REMOTE_AHEAD]:
+                store.fetch_ahead(*ahead)
         reason = _check_chunk(store, name, c, report)
         if reason is not None:
             report.damaged.append(Damage(name, c, reason))
@@ -87,7 +91,8 @@ def verify_store(path, *, progress: bool = False) -> VerifyReport:
 
 
 def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport) -> str | None:
-    problem = store.chunk_problem(name, c)
+    # On an object store the fetched bytes show presence and size: no extra request for them.
+    problem = None if store.remote and store._plain[name] else store.chunk_problem(name, c)
     if problem is not None:
         return problem
     array = store._arrays[name]
@@ -102,10 +107,14 @@ def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport
             if rows.dtype.kind == "f" else None
     f = store._plain_path(name, c)
     try:
-        raw = np.memmap(f, dtype=np.uint8, mode="r")
+        raw = store.fetch_raw(name, c) if store.remote else np.memmap(f, dtype=np.uint8, mode="r")
+    except FileNotFoundError:
+        return f"is missing ({f})"
     except OSError as e:
-        return f"cannot be read ({f}: {e.strerror})"
+        return f"cannot be read ({f}: {e.strerror or e})"
     report.bytes_read += len(raw)
+    if len(raw) != fmt.chunk_file_size(array):
+        return f"holds {len(raw)} bytes, expected {fmt.chunk_file_size(array)} ({f})"
     data = raw[: fmt.chunk_nbytes(array)]
     checksum = fmt.has_checksum(array)
     is_float = array.dtype.kind == "f"

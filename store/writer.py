@@ -15,7 +15,6 @@ chunks that ``verify_store`` found damaged.
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,11 @@ import numpy as np
 import zarr
 
 from . import format as fmt
-from .commits import (COMMITS_DIR, RankCommit, finalize_store, own_chunk, read_rank_commits,
-                      recorded_world_size, write_rank_commit)
+from .commits import (COMMITS_DIR, RankCommit, finalize_store, mark_multi_process, own_chunk,
+                      read_rank_commits, recorded_world_size, write_rank_commit)
 from .errors import StoreError
-from .files import AtomicFile, free_bytes, is_disk_full, remove_partials
+from .files import AtomicFile, ObjectUpload, atomic_file, commit_all, free_bytes, is_disk_full, remove_partials
+from .location import Location, as_location, check_reachable, is_remote, remove_tree, zarr_store
 from .lock import StoreLock
 from .modes import MODES, check_commit_record, check_identity, clear, prepare
 
@@ -110,7 +110,8 @@ class StoreWriter:
             raise ValueError(f"layers must be distinct non-negative ints, got {layers}")
         if min(d_model, target_tokens, chunk_tokens, world_size) < 1 or not 0 <= rank < world_size:
             raise ValueError("need d_model, target_tokens, chunk_tokens, world_size >= 1 and 0 <= rank < world_size")
-        path = Path(path)
+        path = as_location(path)
+        check_reachable(path, for_writing=True)
         identity = fmt.identity_attrs(layers=list(layers), d_model=d_model, chunk_tokens=chunk_tokens,
                                       target_tokens=target_tokens, attrs=attrs, dtype=dtype)
         try:
@@ -128,7 +129,7 @@ class StoreWriter:
                     clear(path)
                 group = fmt.create_group(path, fmt.with_progress(identity, 0, False), target_tokens)
                 if world_size > 1:
-                    (path / COMMITS_DIR).mkdir()
+                    mark_multi_process(path)
                 return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=0, complete=False)
             except BaseException:
                 lock.release()
@@ -142,7 +143,7 @@ class StoreWriter:
 
     @classmethod
     def _resume(cls, path: Path, stored: dict, lock: StoreLock, world_size: int) -> "StoreWriter":
-        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+        group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
         if stored["complete"]:  # nothing to append; appends are refused, repairs allowed
             own = _own_rows(stored["committed_tokens"], 0, world_size, stored["chunk_tokens"])
             return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=own, complete=True)
@@ -157,9 +158,9 @@ class StoreWriter:
         if world_size == 1:
             commits = [RankCommit(0, 1, stored["committed_tokens"], False)]
             if commits_dir.is_dir():
-                shutil.rmtree(commits_dir)  # the empty record folder of an earlier multi-process try
+                remove_tree(commits_dir)  # the empty record folder of an earlier multi-process try
         else:
-            commits_dir.mkdir(exist_ok=True)
+            mark_multi_process(path)
             commits = read_rank_commits(path, world_size)
         writer = cls(path, group, lock, rank=0, world_size=world_size,
                      committed_tokens=commits[0].committed_tokens, complete=commits[0].complete)
@@ -181,7 +182,7 @@ class StoreWriter:
                                                               stored["chunk_tokens"]), True)
             else:
                 mine = read_rank_commits(path, world_size)[rank]
-            group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+            group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
             return cls(path, group, lock, rank=rank, world_size=world_size,
                        committed_tokens=mine.committed_tokens, complete=mine.complete)
         except BaseException:
@@ -194,6 +195,8 @@ class StoreWriter:
         remove_partials(self.path)
         ct, ws = self.chunk_tokens, self.world_size
         n_chunks = -(-self.target_tokens // ct)
+        # On an object store one listing says which chunks exist: no DELETE per possible chunk.
+        present = set(self.path.sizes()) if is_remote(self.path) else None
         for array in self._arrays.values():
             if array.shape[0] != self.target_tokens:  # killed while completing: undo the cut
                 array.resize((self.target_tokens,) + array.shape[1:])
@@ -201,7 +204,9 @@ class StoreWriter:
                 commit = commits[c % ws]
                 if commit.complete or (c // ws) * ct < commit.committed_tokens:
                     continue
-                fmt.chunk_file(self.path, array, c).unlink(missing_ok=True)
+                f = fmt.chunk_file(self.path, array, c)
+                if present is None or str(f)[len(str(self.path)) + 1:] in present:
+                    f.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- writing
 
@@ -255,12 +260,14 @@ class StoreWriter:
             self._fail(e, where)
         self._n_buf += len(rows["tokens"])
 
-    def _chunk_file(self, name: str, c: int) -> AtomicFile:
-        return AtomicFile(fmt.chunk_file(self.path, self._arrays[name], c), checksum=self._checksum[name])
+    def _chunk_file(self, name: str, c: int) -> AtomicFile | ObjectUpload:
+        return atomic_file(fmt.chunk_file(self.path, self._arrays[name], c), checksum=self._checksum[name])
 
     def _check_free_space(self, where: str) -> None:
         """Stop before a chunk that cannot fit: a full disk found mid-write costs the same stop,
-        but some filesystems report it late or without an errno."""
+        but some filesystems report it late or without an errno. (Object stores: no such limit.)"""
+        if is_remote(self.path):
+            return
         free = free_bytes(self.path)
         if free < self._chunk_bytes + DISK_MARGIN:
             self._fail(OSError(errno.ENOSPC, f"{free:,} bytes free, a chunk needs "
@@ -273,7 +280,7 @@ class StoreWriter:
             for name, f in self._files.items():
                 if pad:
                     f.write(np.zeros((pad,) + self._arrays[name].shape[1:], self._dtypes[name]))
-                f.commit()
+            commit_all(list(self._files.values()))
         except OSError as e:
             self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
         self._files, self._n_buf = {}, 0
@@ -297,7 +304,7 @@ class StoreWriter:
         rows = {fmt.layer_array(i): a for i, a in acts.items()}
         rows.update(tokens=tokens, positions=positions, sequence_ids=sequence_ids)
         where = f"while rewriting chunk {c} of {self.path}"
-        files: list[AtomicFile] = []
+        files: list[AtomicFile | ObjectUpload] = []
         try:
             self._check_free_space(where)
             for name, a in rows.items():
@@ -310,8 +317,7 @@ class StoreWriter:
                 f.write(a)
                 if n < ct:
                     f.write(np.zeros((ct - n,) + want[1:], a.dtype))
-            for f in files:
-                f.commit()
+            commit_all(files)
         except BaseException as e:
             for f in files:
                 try:
@@ -397,4 +403,4 @@ class StoreWriter:
     @staticmethod
     def finalize(path, world_size: int) -> int:
         """Merge the rank records of a multi-process store (see ``commits.finalize_store``)."""
-        return finalize_store(Path(path), world_size)
+        return finalize_store(as_location(path), world_size)

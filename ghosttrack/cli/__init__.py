@@ -103,7 +103,8 @@ def extract_options(*, in_run: bool = False):
 @main.command()
 @config_option
 @extract_options()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory to write.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Store to write: a directory, or s3://BUCKET/RUN, gs://BUCKET/RUN, memory://RUN.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted store made with the same settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--repair", is_flag=True,
@@ -123,6 +124,7 @@ def run_extraction(options: dict, *, command: str) -> Path:
     from ghosttrack.extract.extractor import STORE_DTYPE_NAMES, ExtractionPlan, HiddenStateExtractor
     from ghosttrack.extract.models import load_model
     from ghosttrack.precision import resolve_dtype
+    from ghosttrack.store.location import as_location
 
     if options["resume"] and options["overwrite"]:
         raise GhostTrackError("--resume and --overwrite exclude each other; pass one")
@@ -131,7 +133,7 @@ def run_extraction(options: dict, *, command: str) -> Path:
         raise GhostTrackError("--repair mends an existing store; pass it together with --resume")
     tokens = parse_token_count(options["tokens"])
     mode = "resume" if options["resume"] else "overwrite" if options["overwrite"] else "create"
-    out = Path(options["out"])
+    out = as_location(options["out"])  # a bad URL, or a missing s3fs/gcsfs, stops here
     # Cheap checks first: nothing up to the model load reads weights or writes a file.
     preflight.check_device(options["device"])
     shape = preflight.read_model_shape(options["model"], gguf=options["gguf"], revision=options["revision"])
@@ -204,7 +206,7 @@ def _repair(extractor, plan, out: Path, batch_size: int, *, progress: bool) -> N
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 def info(store: str) -> None:
     """Print a store's model, layers, tokens, size on disk and chunking."""
     from ghosttrack.store.reader import ActivationStore

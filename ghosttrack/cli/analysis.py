@@ -109,6 +109,7 @@ def interpret(**options) -> None:
     from ghosttrack.interpret.features import InterpretConfig, analyze_sae, print_feature_summary
     from ghosttrack.sae.agreement import check_layer_agreement
     from ghosttrack.store.format import read_store_attrs
+    from ghosttrack.store.location import as_location
 
     try:
         show = [int(s) for s in options["show"].replace(" ", "").split(",") if s]
@@ -127,7 +128,8 @@ def interpret(**options) -> None:
     dirs = sae_dirs(options["sae_path"])
     if len(dirs) > 1 and options["layer"] is not None:
         raise GhostTrackError("--layer applies to one SAE; pass --sae DIR/layer_<i> for a single layer")
-    store_hook = (read_store_attrs(Path(options["store"])) or {}).get("hook") if Path(options["store"]).is_dir() else None
+    store_at = as_location(options["store"])
+    store_hook = (read_store_attrs(store_at) or {}).get("hook") if store_at.is_dir() else None
     for directory in dirs:
         check_layer_agreement(json.loads((directory / "cfg.json").read_text()), options["layer"], store_hook,
                               sae=str(directory), allow_mismatch=options["allow_layer_mismatch"])

@@ -25,6 +25,7 @@ from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
 from ghosttrack.extract.models import LoadedModel
 from ghosttrack.corpus.packing import pack_sequences
+from ghosttrack.store.location import as_location, is_remote, upload_folder
 from ghosttrack.store.background import in_background
 from ghosttrack.store.writer import StoreWriter
 
@@ -40,6 +41,8 @@ MAX_PENDING = 2
 """Batches waiting for the writer thread at most (more only adds memory: the disk sets the pace)."""
 TOKENIZED_AHEAD = 4
 """Batches tokenized and packed ahead of the forward pass."""
+TOKENIZER_DONE = ".uploaded"
+"""Marker object written after the tokenizer's files on an object store (which has no rename)."""
 
 
 @dataclass
@@ -141,7 +144,7 @@ class HiddenStateExtractor:
     def __init__(self, model_wrapper: LoadedModel, corpus, cache_dir: str | Path = "runs/store", *, accelerator=None):
         self.loaded = model_wrapper
         self.corpus = corpus
-        self.out = Path(cache_dir)
+        self.out = as_location(cache_dir)  # a local folder, or an object-store prefix (s3://, gs:// ...)
         self.accelerator = accelerator
 
     # The seed's API: one store holds every layer, so these return the layers' array folders.
@@ -287,6 +290,9 @@ class HiddenStateExtractor:
     def _save_tokenizer(self) -> None:
         """Interpretation rebuilds contexts from token ids without the model: keep the tokenizer beside them."""
         final = self.out / TOKENIZER_DIR
+        if is_remote(self.out):
+            self._upload_tokenizer(final)
+            return
         if final.exists():
             return
         partial = self.out / (TOKENIZER_DIR + ".partial")
@@ -300,6 +306,17 @@ class HiddenStateExtractor:
             why = "disk full" if full else (exc.strerror or str(exc))
             raise GhostTrackError(f"{why} while saving the tokenizer into {final}; "
                                   f"{'free space' if full else 'fix that'} and rerun with --resume") from exc
+
+    def _upload_tokenizer(self, final) -> None:
+        """Object store: no rename, so the files go up first and a marker object last; a folder
+        without its marker (a killed upload) is uploaded again."""
+        import tempfile
+        if (final / TOKENIZER_DONE).is_file():
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            self.loaded.tokenizer.save_pretrained(tmp)
+            upload_folder(Path(tmp), final)
+        (final / TOKENIZER_DONE).write_bytes(b"")
 
     def _wait_for_everyone(self, world_size: int) -> None:
         if world_size > 1:

@@ -17,6 +17,7 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import check_layers
 from ghosttrack.extract.models import _source, model_name  # noqa: F401 - model_name re-exported
 from ghosttrack.store import format as store_format
+from ghosttrack.store.location import as_location, check_reachable
 from ghosttrack.store.lock import StoreLock
 from ghosttrack.store.modes import check_commit_record
 
@@ -157,6 +158,7 @@ def check_store_state(out: Path, mode: str, expected: dict, *, break_lock: bool 
     GhostTrackError/StoreError for a refusal. `expected` holds identity attributes known before the
     model loads (layers, hook, context length ...); those present in the store must match.
     """
+    check_reachable(as_location(out), for_writing=True)  # a wrong bucket or missing credentials: one line
     occupied = bool(store_format.content_entries(out))
     if not occupied or mode == "overwrite":
         _check_lock(out, break_lock)
@@ -182,6 +184,6 @@ def check_store_state(out: Path, mode: str, expected: dict, *, break_lock: bool 
 
 def _check_lock(out: Path, break_lock: bool) -> None:
     """Refuse early a store another writer holds (taking and releasing the lock changes nothing else)."""
-    lock_file = Path(out) / store_format.LOCK_PREFIX
+    lock_file = as_location(out) / store_format.LOCK_PREFIX
     if lock_file.exists():
-        StoreLock.acquire(lock_file, Path(out), break_lock=break_lock).release()
+        StoreLock.acquire(lock_file, as_location(out), break_lock=break_lock).release()

@@ -1,6 +1,7 @@
 """Token ids back to text for interpretation: the store's own tokenizer, one decode per distinct id."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,19 @@ def load_store_tokenizer(store):
     """The tokenizer saved beside the store by the extractor, else the one named in its attrs, else None."""
     from transformers import AutoTokenizer
 
-    saved = Path(store.path) / "tokenizer"
-    candidates = [str(saved)] if saved.is_dir() else []
+    from ghosttrack.store.location import as_location, download_folder, is_remote
+
+    saved = as_location(store.path) / "tokenizer"
+    candidates = [saved] if saved.is_dir() else []
     if store.attrs.get("tokenizer"):
         candidates.append(str(store.attrs["tokenizer"]))
     for source in candidates:
         try:
-            return AutoTokenizer.from_pretrained(source)
+            if is_remote(source):  # transformers reads local files: copy the few small ones
+                with tempfile.TemporaryDirectory() as tmp:
+                    download_folder(source, Path(tmp))
+                    return AutoTokenizer.from_pretrained(tmp)
+            return AutoTokenizer.from_pretrained(str(source))
         except (OSError, ValueError):
             continue
     return None

@@ -20,6 +20,7 @@ from ghosttrack.sae.base import ARCHITECTURES
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.format import LOCK_PREFIX
+from ghosttrack.store.location import as_location
 from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
@@ -40,7 +41,7 @@ def open_training_store(path: str | Path) -> ActivationStore:
     if store.complete:
         return store
     target = store.attrs.get("target_tokens", "?")
-    for lock in sorted(Path(path).glob(f"{LOCK_PREFIX}*")):
+    for lock in sorted(as_location(path).glob(f"{LOCK_PREFIX}*"), key=str):
         holder = live_holder(lock)  # asks the OS lock: a killed writer's record or a reused pid is not alive
         if holder is None:
             continue
@@ -75,7 +76,8 @@ def sae_metadata(store: ActivationStore, layer: int) -> dict[str, Any]:
             "hook_head_index": None, "context_size": store.context_length, "prepend_bos": False,
             "dataset_path": json.dumps(store.attrs.get("corpus"), sort_keys=True),
             # Absolute: evaluate finds the store (and skips its text) from any folder.
-            "ghosttrack": {"store": str(Path(store.path).resolve()), "layer": layer}}
+            "ghosttrack": {"store": str(store.path) if store.remote else str(Path(store.path).resolve()),
+                           "layer": layer}}
 
 
 def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, cfg: TrainerConfig,
