@@ -25,17 +25,35 @@ EMPTY_KEY = 1 << 31
 _MASK32 = 0xFFFFFFFF
 
 
+def _round(x: torch.Tensor) -> torch.Tensor:
+    """One xor-shift-multiply round on int64 tensors holding values < 2**32."""
+    return (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+
+
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (xor-shift-multiply) on int64 tensors holding values < 2**32."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    """A full 32-bit integer finaliser: two rounds and a final xor-shift."""
+    x = _round(_round(x))
     return (x >> 16) ^ x
 
 
+def row_hash(rows: torch.Tensor) -> torch.Tensor:
+    """A full-strength 32-bit hash of each store row id (int64, any size)."""
+    return _mix32((rows & _MASK32) ^ (rows >> 32))
+
+
+def feature_hash(features: torch.Tensor) -> torch.Tensor:
+    return _mix32((features * 0x9E3779B1) & _MASK32)
+
+
 def sample_key(rows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """The 31-bit sampling key of each (store row, feature) pair (int64 tensors, same shape)."""
-    row_hash = _mix32((rows & _MASK32) ^ (rows >> 32))
-    return _mix32(row_hash ^ ((features * 0x9E3779B1) & _MASK32)) & 0x7FFFFFFF
+    """The 31-bit sampling key of each (store row, feature) pair (int64 tensors, same shape).
+
+    For one feature the key is a bijection of the row's hash (xor with a constant, one round), so
+    its keys over rows are as uniform as the row hash: its bottom-m is a uniform sample. The round
+    after the xor keeps different features from sampling the same rows. Per pair it costs two
+    gathers of precomputed hashes and five integer ops (the pass computes it for every activation).
+    """
+    return _round(row_hash(rows) ^ feature_hash(features)) >> 1
 
 
 class UniformSample:
@@ -46,15 +64,17 @@ class UniformSample:
         self.keys_HM = torch.full((d_sae, size), EMPTY_KEY, dtype=torch.long, device=device)
         self.rows_HM = torch.full((d_sae, size), -1, dtype=torch.long, device=device)
         self.vals_HM = torch.zeros((d_sae, size), device=device)
+        self.threshold_H = self.keys_HM[:, -1].clone()  # each feature's m-th smallest key, contiguous
+        self.feature_hash_H = feature_hash(torch.arange(d_sae, device=device))
         self._pending: list[tuple[torch.Tensor, ...]] = []
         self._pending_n = 0
 
-    def offer(self, h_N: torch.Tensor, v_N: torch.Tensor, r_N: torch.Tensor) -> None:
-        """Nonzero activations v of features h on store rows r (1-D, same length)."""
-        key_N = sample_key(r_N, h_N)
-        enter_N = key_N < self.keys_HM[h_N, -1]
+    def offer(self, h_N: torch.Tensor, v_N: torch.Tensor, b_N: torch.Tensor, rows_B: torch.Tensor) -> None:
+        """Nonzero activations v of features h on batch rows b, whose store rows are rows_B."""
+        key_N = _round(row_hash(rows_B)[b_N] ^ self.feature_hash_H[h_N]) >> 1  # = sample_key(rows_B[b_N], h_N)
+        enter_N = key_N < self.threshold_H[h_N]
         if enter_N.any():
-            self._pending.append((h_N[enter_N], key_N[enter_N], r_N[enter_N], v_N[enter_N]))
+            self._pending.append((h_N[enter_N], key_N[enter_N], rows_B[b_N[enter_N]], v_N[enter_N]))
             self._pending_n += int(self._pending[-1][0].numel())
             if self._pending_n >= self.d_sae * self.size:
                 self.flush()
@@ -84,3 +104,4 @@ class UniformSample:
         self.keys_HM[h_k, rank_k] = sorted_key[keep] & _MASK32
         self.rows_HM[h_k, rank_k] = r_all[src]
         self.vals_HM[h_k, rank_k] = v_all[src]
+        self.threshold_H[feats_F] = self.keys_HM[feats_F, -1]

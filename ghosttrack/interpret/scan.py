@@ -129,7 +129,7 @@ class FeatureAccumulator:
         self.sum_H.index_add_(0, h_N, v_N.double())
         self.hist_NH.view(-1).index_add_(0, self.bin_of(v_N) * self.d_sae + h_N, ones_N)
         if self.sample is not None:
-            self.sample.offer(h_N, v_N, rows_B[flat_N // self.d_sae])
+            self.sample.offer(h_N, v_N, flat_N // self.d_sae, rows_B)
         # Only values above the feature's current k-th best can change its top-k.
         enter_N = v_N > self.top_vals_HK[h_N, -1]
         flat_M = flat_N[enter_N]
