@@ -67,7 +67,7 @@ def machine() -> str:
 
 def synthetic_pair(root: Path, args) -> tuple[Path, object]:
     """A store of Gaussian rows with real-looking positions, and a ~1%-density ReLU SAE."""
-    from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder
+    from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder
     from ghosttrack.store.writer import StoreWriter
 
     d, n, seq = args.d_model, args.rows, 32
