@@ -66,7 +66,7 @@ demo: $(STAMP) $(ASSETS)/.fetched
 	$(BIN)/ghosttrack train --store $(RUN)/store --layer 15 --arch topk --k 32 --expansion 8 \
 	  --batch-size 1024 --epochs 8 --out $(RUN)/sae --overwrite
 	$(BIN)/ghosttrack interpret --store $(RUN)/store --sae $(RUN)/sae/layer_15 --top-k 20 \
-	  --out $(RUN)/interp --show 0,1,2
+	  --model $(GGUF) --out $(RUN)/interp --show 0,1,2
 	@echo "open file://$(abspath $(RUN))/interp/layer_15/index.html in a browser"
 
 bench: $(STAMP)
