@@ -201,3 +201,30 @@ def test_real_pipeline_page_with_logits(tiny_gpt2_dir, corpus_file, tmp_path):
     assert "Promoted tokens" in logits and "Suppressed tokens" in logits
     assert logits.count('class="chip up"') == logits.count('class="chip down"') == 10
     assert "background: rgba(255, 140, 0" in by_id(view, "examples") and 'id="band-0"' in view
+
+
+@pytest.mark.slow
+def test_sorting_and_search_at_24k_features(tmp_path):
+    """24,576 features (96 data files): the overview loads only overview.js, sorts every column,
+    pages through the sorted order, and the text search reads all 96 text files."""
+    n = 96 * PART_SIZE
+    rng = np.random.default_rng(1)
+    maxes = rng.lognormal(1.0, 1.0, n)
+    records = [{"feature_id": f, "active": True, "num_activations": int(10 + f % 97), "top_activation": float(maxes[f]),
+                "mean_activation": float(maxes[f] / 2), "density": (10 + f % 97) / 1e5,
+                "common_tokens": [[f" w{f}", 1]],
+                "top_examples": [{"text": f"ctx of feature {f} end", "position": 1, "activation": float(maxes[f]),
+                                  "tokens": [f" w{f}"], "token_index": 0}]} for f in range(n)]
+    index = write_browser(tmp_path / "big", records, fake_summary(records))
+    assert len(list((tmp_path / "big" / "browser_data").glob("text_*.js"))) == 96
+    page = 7
+    view = chromium(tmp_path, index.as_uri() + f"#sort=max&page={page}", "--dump-dom")
+    table = by_id(view, "feature-table")
+    shown = [int(x) for x in re.findall(r'href="#feature=(\d+)"', table)]
+    want = np.argsort(-maxes, kind="stable")[page * 50:(page + 1) * 50].tolist()
+    assert shown == want and f"page {page + 1} of {n // 50 + 1}" in table
+    by_count = [int(x) for x in re.findall(r'href="#feature=(\d+)"', by_id(chromium(
+        tmp_path, index.as_uri() + "#sort=count&page=0", "--dump-dom"), "feature-table"))]
+    assert [records[f]["num_activations"] for f in by_count] == [106] * 50
+    hits = by_id(chromium(tmp_path, index.as_uri() + "#search=feature%2024000%20end", "--dump-dom"), "text-results")
+    assert re.findall(r'href="#feature=(\d+)"', hits) == ["24000"]
