@@ -69,6 +69,25 @@ demo: $(STAMP) $(ASSETS)/.fetched
 	  --model $(GGUF) --out $(RUN)/interp --show 0,1,2
 	@echo "open file://$(abspath $(RUN))/interp/layer_15/index.html in a browser"
 
+# Hypothesis tracking on three consecutive SmolLM2 layers: small TopK SAEs, matched by co-activation
+# over the store's held-out rows, then one sentence's tracks as an HTML flow view (CPU, a few minutes).
+TRACKS_RUN    := runs/demo-tracks
+TRACKS_LAYERS := 4,5,6
+TRACKS_TEXT   := The Eiffel Tower is a wrought-iron tower in Paris, the capital of France.
+
+.PHONY: demo-tracks
+demo-tracks: $(STAMP) $(ASSETS)/.fetched
+	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
+	  --layers $(TRACKS_LAYERS) --tokens 40k --seq-len 128 --batch-size 16 --out $(TRACKS_RUN)/store --resume
+	$(BIN)/ghosttrack train --store $(TRACKS_RUN)/store --layers $(TRACKS_LAYERS) --arch topk --k 16 \
+	  --expansion 4 --batch-size 1024 --epochs 6 --out $(TRACKS_RUN)/sae --overwrite
+	$(BIN)/ghosttrack match --sae $(TRACKS_RUN)/sae --store $(TRACKS_RUN)/store --top 8 --out $(TRACKS_RUN)/matches
+	$(BIN)/ghosttrack interpret --store $(TRACKS_RUN)/store --sae $(TRACKS_RUN)/sae --top-k 10 \
+	  --out $(TRACKS_RUN)/interp
+	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack track --model $(GGUF) --sae $(TRACKS_RUN)/sae \
+	  --matches $(TRACKS_RUN)/matches --interp $(TRACKS_RUN)/interp --text "$(TRACKS_TEXT)" --out $(TRACKS_RUN)/tracks
+	@echo "open file://$(abspath $(TRACKS_RUN))/tracks/index.html in a browser"
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_extract.py

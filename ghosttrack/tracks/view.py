@@ -98,7 +98,7 @@ def write_outputs(out: str | Path, result: TrackResult, token_ids: list[int], pi
     tmp = out / f".{STATS_FILE}.tmp"
     pq.write_table(pa.table(stats_table(result, token_ids, pieces)), tmp)
     tmp.replace(out / STATS_FILE)
-    title = f"GhostTrack tracks - {meta.get('model', '')}".rstrip(" -")
+    title = "GhostTrack tracks" + (f" - {Path(str(meta['model'])).name}" if meta.get("model") else "")
     (out / DATA_FILE).write_text(_js_call("GT.tracks", view_payload(result, pieces, links, title=title, shown=shown)),
                                  encoding="utf-8")
     template = resources.files("ghosttrack.tracks").joinpath("templates/tracks.html").read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ def written(tmp_path_factory):
     result = track_reference(LAYERS, ACTIVE, EDGES, min_score=0.3)
     out = root / "T"
     links = browser_links(interp, LAYERS, out)
-    page = write_outputs(out, result, [11, 12], [" The", EVIL], meta={"model": "tiny </script> model"}, links=links)
+    page = write_outputs(out, result, [11, 12], [" The", EVIL], meta={"model": "runs/tiny <script> & model"}, links=links)
     return page, result, links
 
 
@@ -43,7 +43,7 @@ def test_files(written):
     assert table["alive_layer5"] == [4.0, 0.0]
     assert table["dominant_share"] == pytest.approx(token_statistics(result)["dominant_share"].tolist())
     data = (out / "tracks_data.js").read_text()
-    assert "</" not in data and "tiny &lt;/script&gt; model" in page.read_text()
+    assert "</" not in data and "tiny &lt;script&gt; &amp; model" in page.read_text()
 
 
 def test_bad_interp_folder(tmp_path):
