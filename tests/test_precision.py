@@ -44,3 +44,11 @@ def test_trainer_config_resolves_auto_once(monkeypatch):
     assert TrainerConfig(device="cuda", dtype="fp32").dtype == "float32"
     # A saved config holds the resolved dtype, so a resume compares what was computed.
     assert TrainerConfig.from_dict(TrainerConfig(device="cuda").to_dict()).dtype == "bfloat16"
+
+
+def test_training_in_bf16_on_a_cpu_without_it_warns(monkeypatch):
+    from ghosttrack.train.runtime import make_accelerator
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    with pytest.warns(UserWarning, match="no native bf16.*--dtype fp32 or auto"):
+        make_accelerator(TrainerConfig(device="cpu", dtype="bf16"))
