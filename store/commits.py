@@ -112,6 +112,19 @@ def merged_commit(commits: list[RankCommit], chunk_tokens: int, root: Path) -> t
     return total, all_done
 
 
+def progress_while_writing(root: Location, attrs: dict) -> dict:
+    """The attributes a reader trusts while several processes write: the group's commit record
+    stays at 0 rows until rank 0 merges the rank records at the end, so here the committed
+    prefix is merged from the rank records (read-only), and progress shows during the run."""
+    if attrs.get("complete"):
+        return attrs
+    world_size = recorded_world_size(root)
+    if world_size is None:
+        return attrs
+    total, _ = merged_commit(read_rank_commits(root, world_size), attrs["chunk_tokens"], root)
+    return {**attrs, "committed_tokens": max(total, attrs["committed_tokens"])}
+
+
 def finalize_store(path: Location, world_size: int) -> int:
     """Merge the rank records of a multi-process store into its group attributes (rank 0, after
     every rank closed). When all ranks are complete the arrays are cut to the committed rows and

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from . import format as fmt
+from .commits import progress_while_writing
 from .errors import StoreError
 from .location import Location, as_location, check_reachable, is_remote, zarr_store
 from .modes import check_commit_record
@@ -107,6 +108,7 @@ class ActivationStore:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
         check_commit_record(path, attrs)
+        attrs = progress_while_writing(path, attrs)  # several processes writing: their merged prefix
         try:
             group = zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
             store = cls(path, group, attrs)

@@ -146,3 +146,20 @@ def test_bad_store_urls_are_one_line_errors_before_any_work(tiny_gpt2_dir, corpu
         result = _run(*_extract_args(tiny_gpt2_dir, corpus_file, url))
         assert result.exit_code == 2 and f"pip install 'ghosttrack[{extra}]'" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_launched_processes_write_the_single_process_store_into_one_bucket(tiny_gpt2_dir, corpus_file,
+                                                                                 s3_bucket, monkeypatch):
+    """Two processes as accelerate/torchrun start them (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 ...),
+    as on two hosts sharing nothing but the bucket: each writes its own chunks and commit record."""
+    import launch
+    monkeypatch.setattr(launch, "ENV", {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    one, two = f"s3://{s3_bucket}/one", f"s3://{s3_bucket}/two"
+    args = _extract_args(tiny_gpt2_dir, corpus_file, two, "--chunk-tokens", "128")
+    done = launch.accelerate_launch("-m", "ghosttrack.cli", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _run(*_extract_args(tiny_gpt2_dir, corpus_file, one, "--chunk-tokens", "128")).exit_code == 0
+    files_one, files_two = _without_run_options(object_bytes(one)), _without_run_options(object_bytes(two))
+    assert sorted(files_two) == sorted(files_one) and any(k.startswith("layers/") for k in files_one)
+    assert [k for k in files_one if files_two[k] != files_one[k]] == []

@@ -15,7 +15,7 @@ from ghosttrack.store.errors import StoreError
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig
 from ghosttrack.store.location import ObjectPath, as_location
 from ghosttrack.store.reader import ActivationStore, ChunkDamaged
-from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic, write_synthetic_store
+from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic, synthetic_acts, write_synthetic_store
 from ghosttrack.store.verify import verify_store
 from ghosttrack.store.writer import StoreWriter
 
@@ -76,7 +76,6 @@ def _committed_chunks_are_whole(url: str) -> int:
     assert verify_store(url).healthy
     for layer in SHAPE["layers"]:
         rows = store.read_rows(layer, 0, store.n_tokens)
-        from ghosttrack.store.synthetic import synthetic_acts
         np.testing.assert_array_equal(rows, synthetic_acts(layer, 0, store.n_tokens, SHAPE["d_model"]).astype(np.float16))
     return store.n_tokens
 
@@ -185,3 +184,33 @@ def test_memory_urls_hold_a_store_too():
     store = ActivationStore.open("memory://gt-tests/mem-store")
     assert isinstance(store.path, ObjectPath) and store.n_tokens == 200 and verify_store(store.path).healthy
     as_location("memory://gt-tests/mem-store").remove_tree()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_ranks_writing_one_store_show_their_merged_progress_and_finish_as_one_process(where, tmp_path, request):
+    """Two ranks (as on two hosts) append their own chunks; a reader sees the contiguous prefix of
+    the chunks both have committed while they run, and the finished store has the bytes that one
+    process writes."""
+    url = request.getfixturevalue("s3_url") if where == "s3" else str(tmp_path / "multi")
+    n, ct = 500, SHAPE["chunk_tokens"]  # chunks 0, 2, 4 for rank 0; 1, 3, 5 (partial) for rank 1
+    attrs = {**SYNTHETIC_ATTRS, "context_length": 16}
+    ranks = [StoreWriter.open(url, target_tokens=n, attrs=attrs, rank=r, world_size=2, **SHAPE) for r in (0, 1)]
+    seen = []
+    for c in (1, 0, 2, 3, 5, 4):  # the ranks run at their own pace: rank 1 is ahead at first
+        append_synthetic(ranks[c % 2], c * ct, min(n, (c + 1) * ct), context_length=16)
+        store = ActivationStore.open(url)
+        assert not store.complete
+        seen.append(store.n_tokens)
+        np.testing.assert_array_equal(store.read_rows(3, 0, store.n_tokens),
+                                      synthetic_acts(3, 0, store.n_tokens, SHAPE["d_model"]).astype(np.float16))
+    # Chunk 1 waits for chunk 0; rank 1's last chunk (partial) is committed when it closes complete.
+    assert seen == [0, 2 * ct, 3 * ct, 4 * ct, 4 * ct, 5 * ct], seen
+    ranks[1].close(complete=True)
+    assert ActivationStore.open(url).n_tokens == n
+    for w in ranks:
+        w.close(complete=True)
+    assert ActivationStore.open(url).n_tokens == n
+    StoreWriter.finalize(url, 2)
+    write_synthetic_store(tmp_path / "single", n_tokens=n, **SHAPE)
+    got = object_bytes(url) if where == "s3" else _local_files(tmp_path / "multi")
+    assert got == _local_files(tmp_path / "single")
