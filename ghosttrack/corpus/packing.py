@@ -11,6 +11,7 @@ already has.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
 
@@ -49,6 +50,30 @@ def tokenize_documents(tokenizer, docs: list[str]) -> list[list[int]]:
     return encoded["input_ids"]
 
 
+@dataclass(frozen=True)
+class PackPosition:
+    """Where a packed sequence starts: token `offset` of document `doc` (documents counted from 0 as
+    the corpus yields them; a document's tokens include the separator after it)."""
+
+    doc: int = 0
+    offset: int = 0
+
+
+def pack_with_positions(texts: Iterable[str], tokenizer, seq_len: int, *, start: PackPosition = PackPosition(),
+                        batch_docs: int = 64) -> Iterator[tuple[np.ndarray, PackPosition]]:
+    """`pack_sequences` from `start` on, each sequence with the position it starts at.
+
+    The documents before start.doc are skipped without being tokenized and the first start.offset
+    tokens of start.doc are dropped: from the position recorded with sequence k, this yields
+    exactly sequences k, k+1, ... of pack_sequences (a resume starts there, not from the top).
+    """
+    if seq_len < 1:
+        raise GhostTrackError(f"seq_len must be at least 1, got {seq_len}; pass --seq-len 1 or more")
+    if batch_docs < 1:
+        raise GhostTrackError(f"batch_docs must be at least 1, got {batch_docs}")
+    return _pack(islice(texts, start.doc, None), tokenizer, seq_len, batch_docs, start)
+
+
 def pack_sequences(texts: Iterable[str], tokenizer, seq_len: int, *, batch_docs: int = 64) -> Iterator[np.ndarray]:
     """Token sequences of exactly `seq_len` (int32, shape (seq_len,)) from `texts`, in order.
 
@@ -61,25 +86,43 @@ def pack_sequences(texts: Iterable[str], tokenizer, seq_len: int, *, batch_docs:
         raise GhostTrackError(f"seq_len must be at least 1, got {seq_len}; pass --seq-len 1 or more")
     if batch_docs < 1:
         raise GhostTrackError(f"batch_docs must be at least 1, got {batch_docs}")
-    return _pack(texts, tokenizer, seq_len, batch_docs)  # bad arguments fail here, not at first next()
+    # bad arguments fail here, not at first next()
+    return (ids for ids, _ in _pack(texts, tokenizer, seq_len, batch_docs, PackPosition()))
 
 
-def _pack(texts: Iterable[str], tokenizer, seq_len: int, batch_docs: int) -> Iterator[np.ndarray]:
+def _pack(texts: Iterable[str], tokenizer, seq_len: int, batch_docs: int,
+          start: PackPosition) -> Iterator[tuple[np.ndarray, PackPosition]]:
     sep = separator_token_id(tokenizer)
     sep_1 = np.array([] if sep is None else [sep], dtype=np.int32)
     tail = np.empty(0, dtype=np.int32)
+    # The stream's pieces: (stream offset, document, token offset in that document) where each starts.
+    tail_pieces: list[tuple[int, int, int]] = []
+    doc, skip = start.doc, start.offset
     for docs in _batched(texts, batch_docs):
-        parts = [tail]
+        parts, pieces, at = [tail], list(tail_pieces), len(tail)
         for ids in tokenize_documents(tokenizer, docs):
-            parts.append(np.asarray(ids, dtype=np.int32))
-            parts.append(sep_1)
+            tokens = np.concatenate([np.asarray(ids, dtype=np.int32), sep_1])[skip:]
+            pieces.append((at, doc, skip))
+            parts.append(tokens)
+            at, doc, skip = at + len(tokens), doc + 1, 0
         stream = np.concatenate(parts)
         stream.flags.writeable = False
+        starts = np.array([p[0] for p in pieces], dtype=np.int64)
         n_full = len(stream) // seq_len
+
+        def position(offset: int) -> PackPosition:
+            # The last piece starting at or before `offset` (empty documents start where the next does).
+            j = int(np.searchsorted(starts, offset, side="right")) - 1
+            return PackPosition(pieces[j][1], pieces[j][2] + offset - pieces[j][0])
+
         for i in range(n_full):
-            yield stream[i * seq_len:(i + 1) * seq_len]
+            yield stream[i * seq_len:(i + 1) * seq_len], position(i * seq_len)
+        cut = n_full * seq_len
         # Copied, so the batch's stream is freed once its sequences are consumed.
-        tail = stream[n_full * seq_len:].copy()
+        tail = stream[cut:].copy()
+        first = position(cut)
+        tail_pieces = [(0, first.doc, first.offset)] if len(tail) else []
+        tail_pieces += [(s - cut, d, o) for s, d, o in pieces if s > cut]
 
 
 def pack_batches(texts: Iterable[str], tokenizer, seq_len: int, batch_size: int, *,
