@@ -28,6 +28,7 @@ def question_only_features(n_groups: int = 300, per_group: int = 4, seed: int = 
         layers=list(range(n_layers)), resid_mean=resid_mean, resid_last=resid_last, sae_layers=[0, 1],
         sae_mean=sae, sae_last=sae_last, answer_logprob=per_question(1)[:, 0],
         answer_tokens=rng.integers(1, 5, n_groups)[groups] + rng.integers(0, 2, n),
+        resid_prompt=np.stack([per_question(d_model) for _ in range(n_layers)]).astype(np.float16),
         track_stats=per_question(n_stats), track_names=[f"stat{i}" for i in range(n_stats)],
     )
     return features, labels, groups

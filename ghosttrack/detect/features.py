@@ -2,7 +2,8 @@
 
 Per example the model reads "Q: {question}\\nA:" followed by " {answer}" (tokenized apart, so the
 answer's tokens are exactly its own). The forward pass keeps, per probed layer, the residual stream
-(resid_post) averaged over the answer's tokens and at its last token; the model's mean
+(resid_post) averaged over the answer's tokens, at its last token, and at the last token before the
+answer (a control that never sees the answer); the model's mean
 log-probability of the answer's tokens; the answer's length in tokens; and the answer tokens' own
 residual rows at the SAE layers (`token_rows`). SAE latents and tracker statistics are computed from
 those rows afterwards (`add_sae_features`, `add_track_features`): a new SAE or new matches need
@@ -26,7 +27,7 @@ from ghosttrack.detect.data import Examples
 from ghosttrack.errors import GhostTrackError
 
 PROMPT_TEMPLATE = "Q: {question}\nA:"
-FEATURES_VERSION = 2  # bump when what is computed changes: old caches then miss
+FEATURES_VERSION = 3  # bump when what is computed changes: old caches then miss
 
 
 @dataclass
@@ -38,6 +39,7 @@ class FeatureSet:
     resid_last: np.ndarray
     answer_logprob: np.ndarray  # (N,) mean log p(answer token | everything before it)
     answer_tokens: np.ndarray  # (N,) answer length in tokens
+    resid_prompt: np.ndarray | None = None  # (L, N, D) float16 at the last token before the answer
     token_layers: list[int] = field(default_factory=list)
     token_rows: np.ndarray | None = None  # (len(token_layers), R, D) float32: every answer token, example order
     sae_layers: list[int] = field(default_factory=list)
@@ -90,6 +92,7 @@ def compute_features(loaded, examples: Examples, layers: list[int], token_layers
     probe_index = {layer: i for i, layer in enumerate(layers)}
     resid_mean = np.zeros((len(layers), n, d), np.float16)
     resid_last = np.zeros((len(layers), n, d), np.float16)
+    resid_prompt = np.zeros((len(layers), n, d), np.float16)
     n_answer = np.array([len(ids) - start for ids, start in encoded], np.int64)
     offsets = np.concatenate([[0], np.cumsum(n_answer)])
     token_rows = np.zeros((len(token_layers), int(offsets[-1]), d), np.float32)
@@ -126,13 +129,14 @@ def compute_features(loaded, examples: Examples, layers: list[int], token_layers
         for layer, k in probe_index.items():
             resid_mean[k, idx] = torch.einsum("bt,btd->bd", weights_BT, hidden[layer]).numpy()
             resid_last[k, idx] = hidden[layer][torch.arange(len(idx)), ends - 1].numpy()
+            resid_prompt[k, idx] = hidden[layer][torch.arange(len(idx)), starts - 1].numpy()
         for k, layer in enumerate(token_layers):
             for b, i in enumerate(idx):
                 token_rows[k, offsets[i]:offsets[i + 1]] = hidden[layer][b, starts[b]:ends[b]].numpy()
 
     return FeatureSet(
         layers=list(layers), resid_mean=resid_mean, resid_last=resid_last, answer_logprob=logprob,
-        answer_tokens=n_answer, token_layers=token_layers, token_rows=token_rows,
+        answer_tokens=n_answer, resid_prompt=resid_prompt, token_layers=token_layers, token_rows=token_rows,
         info={"prompt_template": PROMPT_TEMPLATE, "max_tokens": max_tokens, "max_answer_tokens": max_answer_tokens},
     )
 
@@ -207,7 +211,7 @@ def save_features(features: FeatureSet, directory: Path) -> None:
     tmp.mkdir(parents=True)
     np.savez(tmp / "arrays.npz", resid_mean=features.resid_mean, resid_last=features.resid_last,
              answer_logprob=features.answer_logprob, answer_tokens=features.answer_tokens,
-             token_rows=features.token_rows)
+             resid_prompt=features.resid_prompt, token_rows=features.token_rows)
     (tmp / "meta.json").write_text(json.dumps({"layers": features.layers, "token_layers": features.token_layers,
                                                "info": features.info}))
     shutil.rmtree(directory, ignore_errors=True)
@@ -223,4 +227,4 @@ def load_features(directory: Path) -> FeatureSet | None:
         data = {name: arrays[name] for name in arrays.files}
     return FeatureSet(layers=meta["layers"], resid_mean=data["resid_mean"], resid_last=data["resid_last"],
                       answer_logprob=data["answer_logprob"], answer_tokens=data["answer_tokens"],
-                      token_layers=meta["token_layers"], token_rows=data["token_rows"], info=meta["info"])
+                      resid_prompt=data["resid_prompt"], token_layers=meta["token_layers"], token_rows=data["token_rows"], info=meta["info"])

@@ -6,7 +6,9 @@
 (c) sae_probe: sparse probe on SAE latents: the k latents with the largest class-mean difference
     (picked on the training rows), then logistic regression; candidates per (SAE layer, position);
 (d) logprob: the model's own mean log-probability of the answer;
-(e) length: the answer's length in tokens.
+(e) length: the answer's length in tokens;
+and a control, question_probe: the residual probe at the last token before the answer, which never
+sees the answer. Where it matches the others, they read the question, not the answer.
 Baselines (d) and (e) also go through a one-feature logistic fit, so their sign is learned on the
 training folds rather than assumed.
 """
@@ -92,4 +94,11 @@ def build_methods(features: FeatureSet, *, probe_layers: list[int] | None = None
                           [Candidate("answer_logprob", _column(features.answer_logprob), dense_classifier())]))
     methods.append(Method("length", "the answer's length in tokens",
                           [Candidate("answer_tokens", _column(features.answer_tokens), dense_classifier())]))
+    if features.resid_prompt is not None:
+        prompt = [Candidate(f"layer {layer} C={C:g}", lambda k=k: np.asarray(features.resid_prompt[k], np.float32),
+                            dense_classifier(C))
+                  for k, layer in enumerate(features.layers) if probe_layers is None or layer in probe_layers
+                  for C in probe_c]
+        methods.append(Method("question_probe", "control: residual probe at the last token before the answer "
+                              "(never sees the answer; layer and C chosen inside the training folds)", prompt))
     return methods, skipped

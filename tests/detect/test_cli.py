@@ -63,7 +63,8 @@ def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [m["name"] for m in results["methods"]]
-    assert names == ["tracks", "resid_probe", "sae_probe", "logprob", "length"] and results["skipped"] == []
+    assert names == ["tracks", "resid_probe", "sae_probe", "logprob", "length", "question_probe"]
+    assert results["skipped"] == []
     for method in results["methods"] + results["transfer"]["methods"]:
         lo, hi = method["auroc_ci"]
         assert 0 <= lo <= hi <= 1 and 0 <= method["auroc"] <= 1

@@ -121,13 +121,14 @@ def test_question_only_labels_score_chance_under_the_grouped_split_and_not_under
 
     features, labels, groups = question_only_features(n_groups=200, per_group=3, n_layers=2, d_model=128, d_sae=128)
     methods, skipped = build_methods(features, probe_c=(1.0,))
-    assert [m.name for m in methods] == ["tracks", "resid_probe", "sae_probe", "logprob", "length"] and not skipped
+    assert [m.name for m in methods] == ["tracks", "resid_probe", "sae_probe", "logprob", "length",
+                                         "question_probe"] and not skipped
     kwargs = dict(n_folds=4, inner_folds=2, n_boot=50, seed=0)
     grouped = {m.name: evaluate_method(m, labels, groups, **kwargs)["auroc"] for m in methods}
     by_row = {m.name: evaluate_method(m, labels, groups, split="row", **kwargs)["auroc"] for m in methods
-              if m.name in ("resid_probe", "sae_probe")}
+              if m.name in ("resid_probe", "sae_probe", "question_probe")}
     assert all(abs(value - 0.5) < 0.12 for value in grouped.values()), grouped
-    assert by_row["resid_probe"] > 0.75 and by_row["sae_probe"] > 0.6, by_row
+    assert by_row["resid_probe"] > 0.75 and by_row["question_probe"] > 0.75 and by_row["sae_probe"] > 0.6, by_row
 
 
 def test_methods_without_tracker_or_sae_are_reported_as_skipped_with_the_reason():

@@ -42,6 +42,7 @@ def _reference(loaded, saes, question, answer, layers):
     return {
         "mean": {layer: h[start:].mean(0) for layer, h in hidden.items()},
         "last": {layer: h[-1] for layer, h in hidden.items()},
+        "prompt": {layer: h[start - 1] for layer, h in hidden.items()},
         "sae_mean": {layer: sae.encode(hidden[layer][start:]).mean(0) for layer, sae in saes.items()},
         "sae_last": {layer: sae.encode(hidden[layer][-1:])[0] for layer, sae in saes.items()},
         "logprob": logp[start - 1:].mean().item(), "n": len(ids) - start,
@@ -60,6 +61,8 @@ def test_batched_features_equal_the_plain_reference(tiny, tiny_saes):
             torch.testing.assert_close(torch.from_numpy(features.resid_mean[k, i]).float(), ref["mean"][layer],
                                        rtol=2e-3, atol=2e-3)  # stored as float16
             torch.testing.assert_close(torch.from_numpy(features.resid_last[k, i]).float(), ref["last"][layer],
+                                       rtol=2e-3, atol=2e-3)
+            torch.testing.assert_close(torch.from_numpy(features.resid_prompt[k, i]).float(), ref["prompt"][layer],
                                        rtol=2e-3, atol=2e-3)
         for layer in tiny_saes:
             torch.testing.assert_close(torch.from_numpy(features.sae_mean[layer][i].toarray()[0]).float(),
@@ -83,7 +86,7 @@ def test_cache_round_trip(tmp_path, tiny, tiny_saes):
     features = compute_features(tiny, _examples(5), [1, 3], [2, 1], batch_size=2, progress=False)
     save_features(features, tmp_path / "key")
     loaded = load_features(tmp_path / "key")
-    for name in ("resid_mean", "resid_last", "answer_logprob", "answer_tokens", "token_rows"):
+    for name in ("resid_mean", "resid_last", "resid_prompt", "answer_logprob", "answer_tokens", "token_rows"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(features, name))
     assert loaded.layers == [1, 3] and loaded.token_layers == [1, 2] and loaded.track_stats is None
     assert loaded.token_rows.shape == (2, features.answer_tokens.sum(), 32)
