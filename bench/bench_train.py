@@ -86,14 +86,25 @@ def time_loader(store, batch: int, steps: int, device) -> float:
     return batch * steps / (times[-1] - times[0])
 
 
-def bare_steps(make_step, batches: list[torch.Tensor], steps: int, warmup: int, device) -> float:
-    """Median seconds of one step(x) over `steps` timed calls after `warmup` untimed ones."""
+def bare_steps(make_step, batches: list[torch.Tensor], steps: int, warmup: int, device,
+               sync_debug: bool = False) -> float:
+    """Median seconds of one step(x) over `steps` timed calls after `warmup` untimed ones.
+
+    sync_debug (CUDA): the timed steps run under torch.cuda.set_sync_debug_mode("error"), so a
+    host sync inside the step raises instead of passing unnoticed."""
     times = []
     for i in range(warmup + steps):
         x = batches[i % len(batches)]
         sync(device)
         t = time.perf_counter()
-        make_step(x)
+        checked = sync_debug and device.type == "cuda" and i >= warmup
+        if checked:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            make_step(x)
+        finally:
+            if checked:
+                torch.cuda.set_sync_debug_mode("default")
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
@@ -105,7 +116,7 @@ def adam(params, device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))
 
 
-def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str):
+def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str, fused: bool = False):
     from ghosttrack.sae.module import SparseAutoencoder
 
     torch.manual_seed(0)
@@ -115,14 +126,15 @@ def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str):
 
     def step(x):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = sae.training_loss(x, tokens_since_fired_H=since).loss
+            loss = sae.training_loss(x, tokens_since_fired_H=since, fused=fused).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
 
 
-def time_trainer(store, arch: str, d: int, h: int, k: int, batch: int, steps: int, device, dtype: str) -> float:
+def time_trainer(store, arch: str, d: int, h: int, k: int, batch: int, steps: int, device, dtype: str,
+                 fused: bool = False) -> float:
     """Tokens/s of SAETrainer: median of its own per-window measurements, first two windows dropped."""
     from ghosttrack.store.loader import ActivationLoader, LoaderConfig
     from ghosttrack.train.trainer import SAETrainer
@@ -133,7 +145,8 @@ def time_trainer(store, arch: str, d: int, h: int, k: int, batch: int, steps: in
     if total > per_epoch:
         raise SystemExit(f"the bench store holds {per_epoch} batches, {total} are needed; pass more --rows")
     cfg = TrainerConfig(batch_size=batch, epochs=total / per_epoch, log_every=1, checkpoint_every=10**9,
-                        device="cpu" if device.type == "cpu" else "auto", dtype=dtype, scale_rows=batch)
+                        device="cpu" if device.type == "cpu" else "auto", dtype=dtype, scale_rows=batch,
+                        fused=fused)
     with tempfile.TemporaryDirectory() as out:
         trainer = SAETrainer(store, 0, sae_config(arch, d, h, k), cfg, out, progress=False)
         trainer.run()
@@ -231,6 +244,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="D=256, H=1024, batch 1024")
     p.add_argument("--peers-python", default=None, help="python of a venv with sae-lens / eai-sparsify")
     p.add_argument("--tag", default=None, help="results file suffix (default: cpu or gpu)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    p.add_argument("--fused", action="store_true", help="relu/jumprelu through the fused Triton kernel")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="CUDA: time the bare steps under torch.cuda.set_sync_debug_mode('error')")
     p.add_argument("--peers-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess half
     args = p.parse_args()
     if args.quick:
@@ -257,10 +274,11 @@ def main() -> None:
             rounds = []
             for _ in range(args.repeats):
                 loader = time_loader(store, args.batch, args.steps, device)
-                step = args.batch / bare_steps(ours_step(arch, args.d, args.h, args.k, device, args.dtype),
-                                               batches, args.steps, 2, device)
+                fused = args.fused and arch != "topk"
+                step = args.batch / bare_steps(ours_step(arch, args.d, args.h, args.k, device, args.dtype, fused),
+                                               batches, args.steps, 2, device, args.sync_debug)
                 trainer = time_trainer(store, arch, args.d, args.h, args.k, args.batch, args.steps, device,
-                                       args.dtype)
+                                       args.dtype, fused)
                 rounds.append((loader, step, trainer))
             loader, step, trainer = (statistics.median(r[i] for r in rounds) for i in range(3))
             results["archs"][arch] = {"loader_tok_s": loader, "step_tok_s": step, "trainer_tok_s": trainer,
@@ -276,10 +294,10 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"peers bench failed:\n{done.stderr[-3000:]}")
         results["peers"] = json.loads(done.stdout.strip().splitlines()[-1])
-    report(results, args.tag or ("cpu" if device.type == "cpu" else "gpu"))
+    report(results, args.tag or ("cpu" if device.type == "cpu" else "gpu"), args.out)
 
 
-def report(results: dict, tag: str) -> None:
+def report(results: dict, tag: str, out: Path = RESULTS) -> None:
     r = results
     lines = [f"# SAE training throughput ({r['machine']})", "",
              f"D={r['d']}, H={r['h']}, batch {r['batch']}, {r['dtype']}, k={r['k']} (topk); each figure is the "
@@ -300,9 +318,9 @@ def report(results: dict, tag: str) -> None:
                     lines.append(f"| {arch} | {row['ours']:,.0f} | {name} | {rate:,.0f} | {row['ours'] / rate:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"train_{tag}.json").write_text(json.dumps(r, indent=2) + "\n")
-    (RESULTS / f"train_{tag}.md").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"train_{tag}.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out / f"train_{tag}.md").write_text(text)
 
 
 if __name__ == "__main__":
