@@ -1,10 +1,6 @@
 """Data-parallel training under `accelerate launch` with two CPU processes (gloo): Ctrl-C on one
 rank stops both at the same log step; the resumed run equals one process with twice the batch."""
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,22 +11,12 @@ from safetensors.torch import load_file
 from ghosttrack.cli import main
 from ghosttrack.sae.files import STATE_FILE
 
+from launch import accelerate_launch
 from trainer_data import one_thread, write_store  # noqa: F401 - fixture
 
 ARGS = ["--layers", "0,1", "--arch", "relu", "--l1", "0.3", "--d-hidden", "32", "--epochs", "1", "--device", "cpu",
         "--log-every", "4", "--checkpoint-every", "8", "--lr", "0.01"]
 DRIVER = Path(__file__).with_name("ddp_interrupt.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    if not Path(accelerate).exists():
-        pytest.skip("accelerate's launcher is not installed")
-    # --multi_gpu selects torchrun's launcher; the trainer's Accelerator(cpu=True) then runs gloo.
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -42,13 +28,13 @@ def test_two_processes_stop_together_resume_and_equal_one_process_with_twice_the
     train = ["train", "--store", str(store), *ARGS, "--batch-size", "128", "--out", str(out)]
 
     # Rank 1 alone gets Ctrl-C after step 3; both ranks stop at the log step 4, after a checkpoint.
-    cut = _launch(str(DRIVER), "3", *train)
+    cut = accelerate_launch(str(DRIVER), "3", *train)
     assert cut.returncode != 0 and cut.stderr.count("layer 0 interrupted at step 4)") == 2, cut.stderr[-3000:]
     saved = torch.load(out / "layer_0" / STATE_FILE, weights_only=False)
     assert saved["training"]["step"] == 4 and saved["processes"] == 2
     assert not (out / "layer_1").exists()
 
-    done = _launch("-m", "ghosttrack.cli", *train, "--resume")
+    done = accelerate_launch("-m", "ghosttrack.cli", *train, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
 
     # One process, batch 256: the same rows per step, so the same SAEs (up to summation order).

@@ -1,0 +1,20 @@
+"""`accelerate launch` with two CPU processes, for the data-parallel tests (train and extract)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same reductions in every process
+
+
+def accelerate_launch(*args: str, processes: int = 2, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `accelerate launch` (torchrun's launcher; the code's Accelerator(cpu=True) then runs gloo)."""
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    if not Path(accelerate).exists():
+        pytest.skip("accelerate's launcher is not installed")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
