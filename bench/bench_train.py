@@ -154,6 +154,39 @@ def time_trainer(store, arch: str, d: int, h: int, k: int, batch: int, steps: in
     return statistics.median(rates)
 
 
+def check_trainer_sync_free(store, arch: str, d: int, h: int, k: int, batch: int, device, dtype: str,
+                            fused: bool = False) -> int:
+    """Runs SAETrainer for up to 12 steps (log every 4) whose steady-state steps must not sync: on
+    CUDA under torch.cuda.set_sync_debug_mode("error") (a sync raises), on the CPU counted by
+    SyncRecorder (any is an error). Returns how many steady-state steps were checked."""
+    from ghosttrack.store.loader import ActivationLoader, LoaderConfig
+    from ghosttrack.train.config import TrainerConfig
+    from ghosttrack.train.host_syncs import SyncRecorder, cuda_sync_errors_on_steady_steps, is_steady_step
+    from ghosttrack.train.trainer import SAETrainer
+
+    per_epoch = len(ActivationLoader(store, 0, LoaderConfig(batch_size=batch), progress=False))
+    cfg = TrainerConfig(batch_size=batch, epochs=min(1.0, 12 / per_epoch), log_every=4, checkpoint_every=10**9,
+                        device="cpu" if device.type == "cpu" else "auto", dtype=dtype, scale_rows=batch,
+                        fused=fused)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = SAETrainer(store, 0, sae_config(arch, d, h, k), cfg, out, progress=False)
+        steady = [s for s in range(1, trainer.total_steps + 1) if is_steady_step(
+            s, log_every=4, steps_per_epoch=trainer.steps_per_epoch, total_steps=trainer.total_steps)]
+        if device.type == "cuda":
+            try:
+                trainer.run(on_step=cuda_sync_errors_on_steady_steps(trainer))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            return len(steady)
+        found = {}
+        with SyncRecorder() as recorder:
+            trainer.run(on_step=lambda step: found.__setitem__(step, recorder.take()))
+    synced = {s: found[s] for s in steady if found[s]}
+    if synced:
+        raise SystemExit(f"{arch}: host syncs in steady-state trainer steps: {synced}")
+    return len(steady)
+
+
 def load_batches(store, batch: int, n: int, device) -> list[torch.Tensor]:
     from ghosttrack.store.loader import ActivationLoader, LoaderConfig
 
@@ -247,7 +280,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     p.add_argument("--fused", action="store_true", help="relu/jumprelu through the fused Triton kernel")
     p.add_argument("--sync-debug", action="store_true",
-                   help="CUDA: time the bare steps under torch.cuda.set_sync_debug_mode('error')")
+                   help="time the bare steps under torch.cuda.set_sync_debug_mode('error') (CUDA), and check that "
+                        "the trainer's steady-state steps do not sync (CUDA: that mode; CPU: counted)")
     p.add_argument("--peers-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess half
     args = p.parse_args()
     if args.quick:
@@ -283,6 +317,9 @@ def main() -> None:
             loader, step, trainer = (statistics.median(r[i] for r in rounds) for i in range(3))
             results["archs"][arch] = {"loader_tok_s": loader, "step_tok_s": step, "trainer_tok_s": trainer,
                                       "trainer_over_min": trainer / min(step, loader), "rounds": rounds}
+            if args.sync_debug:
+                results["archs"][arch]["sync_free_trainer_steps"] = check_trainer_sync_free(
+                    store, arch, args.d, args.h, args.k, args.batch, device, args.dtype, args.fused and arch != "topk")
             print(f"{arch}: loader {loader:,.0f}  step {step:,.0f}  trainer {trainer:,.0f} tok/s", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -309,6 +346,11 @@ def report(results: dict, tag: str, out: Path = RESULTS) -> None:
     for arch, a in r["archs"].items():
         lines.append(f"| {arch} | {a['loader_tok_s']:,.0f} | {a['step_tok_s']:,.0f} | {a['trainer_tok_s']:,.0f} "
                      f"| {a['trainer_over_min']:.2f} |")
+    checked = {arch: a["sync_free_trainer_steps"] for arch, a in r["archs"].items() if "sync_free_trainer_steps" in a}
+    if checked:
+        how = "under torch.cuda.set_sync_debug_mode('error')" if "(no GPU)" not in r["machine"] else "counted on the CPU"
+        lines += ["", f"No host sync in the trainer's steady-state steps ({how}): "
+                  + ", ".join(f"{arch} {n} steps" for arch, n in checked.items()) + "."]
     if "peers" in r:
         lines += ["", "Bare step (forward + loss + backward + Adam) on the same random batches, one process:", "",
                   "| arch | ours tok/s | peer | peer tok/s | ours / peer |", "| --- | ---: | --- | ---: | ---: |"]
