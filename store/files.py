@@ -136,6 +136,30 @@ class ObjectUpload:
         self._parts = []
 
 
+class ShardWrite:
+    """One shard of a sharded array, written by zarr itself on ``commit()``: the rows are kept in
+    memory (copied: callers reuse their buffers) and written as one region, so zarr encodes the
+    inner chunks, their checksums and the index, and stores the shard in one piece (a rename on
+    disk, a PUT on an object store). ``abort()`` writes nothing."""
+
+    def __init__(self, array, c: int):
+        self.array, self.c = array, c
+        self._parts: list[np.ndarray] = []
+
+    def write(self, data: np.ndarray) -> None:
+        self._parts.append(np.array(data, copy=True))
+
+    def commit(self) -> None:
+        rows = self.array.shards[0]
+        start = self.c * rows
+        stop = min(start + rows, self.array.shape[0])  # the last shard may reach past the array
+        self.array[start:stop] = np.concatenate(self._parts)[: stop - start]
+        self._parts = []
+
+    def abort(self) -> None:
+        self._parts = []
+
+
 def atomic_file(path: Location, checksum: bool = False) -> AtomicFile | ObjectUpload:
     """A file written piece by piece that appears whole on ``commit()`` (see the module docstring)."""
     return ObjectUpload(path, checksum) if is_remote(path) else AtomicFile(path, checksum)

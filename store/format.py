@@ -9,6 +9,11 @@ One group per extraction run:
 - ``tokens`` (int32), ``positions`` (int32, position inside its packed sequence) and
   ``sequence_ids`` (int64, index of the packed sequence): (n_tokens,), same row chunking.
 
+With ``shard_chunks`` = N > 1 every array is a zarr v3 sharded array: one object (shard) holds N
+chunks of ``chunk_tokens / N`` rows each with its CRC-32C, plus an index (N times fewer objects, for
+object stores). ``chunk_tokens`` is then the rows of a shard, the unit of commit, resume, repair and
+of rank ownership; plain zarr reads such a store, the memory-map fast path does not apply.
+
 The group attributes are the identity of the run (model, hook, layers, corpus ...) plus the
 commit record (``committed_tokens``, ``complete``). Rows past ``committed_tokens`` are never
 trusted. All attributes are plain JSON without timestamps, so the same inputs give the same bytes.
@@ -47,7 +52,7 @@ REQUIRED_ATTRS = ("model", "revision", "hook", "context_length", "tokenizer", "c
 PROGRESS_KEYS = ("committed_tokens", "complete")
 """Attributes that change while a run progresses; every other attribute is the run's identity."""
 _OWN_KEYS = ("format_version", "layers", "d_model", "dtype", "chunk_tokens", "target_tokens",
-             "flagged_rows") + PROGRESS_KEYS
+             "flagged_rows", "shard_chunks") + PROGRESS_KEYS
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
 LOCK_PREFIX = ".lock"
 """Lock files (``.lock``, ``.lock.rank-<r>``) sit in the store folder but are not store content."""
@@ -67,8 +72,11 @@ def _canonical_json(value: Any) -> Any:
 
 
 def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target_tokens: int,
-                   attrs: dict[str, Any], dtype: str = DTYPE) -> dict[str, Any]:
-    """The identity attributes of a run, in a fixed key order (caller's extra keys sorted last)."""
+                   attrs: dict[str, Any], dtype: str = DTYPE, shard_chunks: int = 1) -> dict[str, Any]:
+    """The identity attributes of a run, in a fixed key order (caller's extra keys sorted last).
+    ``shard_chunks`` > 1: sharded arrays of that many chunks per ``chunk_tokens``-row shard."""
+    if shard_chunks < 1 or chunk_tokens % shard_chunks:
+        raise ValueError(f"shard_chunks must be >= 1 and divide chunk_tokens={chunk_tokens}, got {shard_chunks}")
     if dtype not in LAYER_DTYPES:
         raise ValueError(f"dtype must be one of {list(LAYER_DTYPES)}, got {dtype!r}")
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
@@ -98,6 +106,8 @@ def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target
         "target_tokens": int(target_tokens),
         "flagged_rows": FLAGGED_ROWS,
     }
+    if shard_chunks > 1:  # absent from unsharded stores: their attributes stay as they were
+        out["shard_chunks"] = int(shard_chunks)
     out.update(extra)  # already key-sorted by _canonical_json
     return out
 
@@ -159,20 +169,22 @@ def create_group(path: Location, attrs: dict[str, Any], target_tokens: int) -> z
     """
     # "a", not "w" or "w-": those empty or refuse the folder, whose lock file is already there.
     group = zarr.open_group(zarr_store(path), mode="a", zarr_format=3, attributes=attrs)
-    ct, d = attrs["chunk_tokens"], attrs["d_model"]
+    ct, d, n = attrs["chunk_tokens"], attrs["d_model"], attrs.get("shard_chunks", 1)
     for layer in attrs["layers"]:
-        _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPES[attrs["dtype"]])
+        _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPES[attrs["dtype"]], n)
     for name, dtype in ROW_ARRAYS.items():
-        _create_array(group, name, (target_tokens,), (ct,), dtype)
+        _create_array(group, name, (target_tokens,), (ct,), dtype, n)
     return group
 
 
-def _create_array(group: zarr.Group, name: str, shape: tuple, chunks: tuple, dtype: str) -> None:
+def _create_array(group: zarr.Group, name: str, shape: tuple, rows: tuple, dtype: str, shard_chunks: int) -> None:
     # crc32c is a bytes-to-bytes codec: the raw chunk bytes stay first in the file (memmap-able).
+    # Sharded: each inner chunk carries its own CRC-32C, the shard index another (zarr's default).
+    chunks = rows if shard_chunks == 1 else (rows[0] // shard_chunks,) + rows[1:]
     group.create_array(
-        name, shape=shape, chunks=chunks, dtype=np.dtype(dtype).name,
-        compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"), fill_value=0,
-        chunk_key_encoding=CHUNK_KEY_ENCODING,
+        name, shape=shape, chunks=chunks, shards=None if shard_chunks == 1 else rows,
+        dtype=np.dtype(dtype).name, compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"),
+        fill_value=0, chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
 
 
@@ -205,8 +217,9 @@ def is_plain_chunked(array: zarr.Array) -> bool:
 
 
 def chunk_nbytes(array: zarr.Array) -> int:
-    """Data bytes of one full chunk of a plain-chunked array (the checksum not included)."""
-    return int(np.prod(array.chunks)) * array.dtype.itemsize
+    """Data bytes of one full chunk of a plain-chunked array (the checksum not included); of a
+    sharded array, the data bytes of one shard."""
+    return int(np.prod(array.shards or array.chunks)) * array.dtype.itemsize
 
 
 CHECKSUM_BYTES = 4

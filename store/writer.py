@@ -25,7 +25,8 @@ from . import format as fmt
 from .commits import (COMMITS_DIR, RankCommit, finalize_store, mark_multi_process, own_chunk,
                       read_rank_commits, recorded_world_size, write_rank_commit)
 from .errors import StoreError
-from .files import AtomicFile, ObjectUpload, atomic_file, commit_all, free_bytes, is_disk_full, remove_partials
+from .files import (AtomicFile, ObjectUpload, ShardWrite, atomic_file, commit_all, free_bytes, is_disk_full,
+                    remove_partials)
 from .location import Location, as_location, check_reachable, is_remote, remove_tree, zarr_store
 from .lock import StoreLock
 from .modes import MODES, check_commit_record, check_identity, clear, prepare
@@ -98,11 +99,12 @@ class StoreWriter:
     @classmethod
     def open(cls, path, *, layers: list[int], d_model: int, target_tokens: int, chunk_tokens: int,
              attrs: dict, mode: str = "create", rank: int = 0, world_size: int = 1,
-             break_lock: bool = False, dtype: str = fmt.DTYPE) -> "StoreWriter":
+             break_lock: bool = False, dtype: str = fmt.DTYPE, shard_chunks: int = 1) -> "StoreWriter":
         """Create, resume or overwrite the store at ``path`` and lock it for writing.
 
         ``break_lock`` takes over a lock recorded by another host (see ``lock.py``); ``dtype`` is the
-        layers' dtype (``float16``, or ``float32`` for activations beyond fp16's range).
+        layers' dtype (``float16``, or ``float32`` for activations beyond fp16's range);
+        ``shard_chunks`` > 1 writes sharded arrays (``chunk_tokens`` rows per shard, see ``format.py``).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -113,7 +115,8 @@ class StoreWriter:
         path = as_location(path)
         check_reachable(path, for_writing=True)
         identity = fmt.identity_attrs(layers=list(layers), d_model=d_model, chunk_tokens=chunk_tokens,
-                                      target_tokens=target_tokens, attrs=attrs, dtype=dtype)
+                                      target_tokens=target_tokens, attrs=attrs, dtype=dtype,
+                                      shard_chunks=shard_chunks)
         try:
             if rank > 0:
                 return cls._open_rank(path, identity, rank, world_size, break_lock)
@@ -260,7 +263,9 @@ class StoreWriter:
             self._fail(e, where)
         self._n_buf += len(rows["tokens"])
 
-    def _chunk_file(self, name: str, c: int) -> AtomicFile | ObjectUpload:
+    def _chunk_file(self, name: str, c: int) -> AtomicFile | ObjectUpload | ShardWrite:
+        if self._arrays[name].shards is not None:
+            return ShardWrite(self._arrays[name], c)
         return atomic_file(fmt.chunk_file(self.path, self._arrays[name], c), checksum=self._checksum[name])
 
     def _check_free_space(self, where: str) -> None:

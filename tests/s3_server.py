@@ -5,6 +5,7 @@ Import the fixtures into a test module (``from s3_server import s3_server, s3_ur
 (fake credentials, ``AWS_ENDPOINT_URL``, no proxy for 127.0.0.1, instance metadata off, few
 retries), so s3fs in this process and every subprocess talk to it and to nothing else.
 ``s3_url`` gives each test a fresh bucket and returns ``s3://<bucket>/run``.
+``crash_after_writes`` makes the n-th object write of a memory:// store raise ``Crash`` (a kill).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import itertools
 import logging
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,33 @@ def object_bytes(url: str, skip=(".lock",)) -> dict[str, bytes]:
     root = as_location(url)
     return {k: (root / k).read_bytes() for k in sorted(root.sizes())
             if not any(part.startswith(s) for part in k.split("/") for s in skip)}
+
+
+def local_files(root) -> dict[str, bytes]:
+    """Every file under a local store folder by relative path (lock files left out)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".lock")}
+
+
+class Crash(BaseException):
+    """Stands in for a kill: nothing after it runs, no cleanup is attempted."""
+
+
+def crash_after_writes(monkeypatch, n_puts: int) -> list[str]:
+    """Make the n-th object write of the memory:// store (chunk, commit record, zarr metadata, lock)
+    raise Crash; returns the keys written so far. Every write goes through the filesystem's
+    pipe_file: ours (one key at a time, also inside commit_all's pipe, so a crash can fall between
+    the chunks of one commit) and zarr's (its FsspecStore wraps this filesystem's methods)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+    written: list[str] = []
+    real_pipe_file = MemoryFileSystem.pipe_file
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        if len(written) == n_puts:
+            raise Crash(path)
+        written.append(path)
+        return real_pipe_file(self, path, value, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", pipe_file)
+    return written

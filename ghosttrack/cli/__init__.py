@@ -90,6 +90,9 @@ def extract_options(*, in_run: bool = False):
         options += [
             click.option("--layers", default="all", show_default=True, help="Blocks to store: 0-11, 0,6,11 or all."),
             click.option("--device", default=None, help="Device (default: what accelerate picks: cuda if present)."),
+            click.option("--shard-chunks", type=click.IntRange(min=1), default=1, show_default=True,
+                         help="Store N chunks per zarr v3 shard (one object each: far fewer objects on s3://, "
+                              "gs://); a shard is then the unit of commit and resume."),
         ]
 
     def decorate(func):
@@ -144,6 +147,7 @@ def run_extraction(options: dict, *, command: str) -> Path:
     dtype, dtype_warning = resolve_dtype(options["dtype"], device)
     plan = ExtractionPlan(layers=layers, target_tokens=tokens, seq_len=options["seq_len"], hook=options["hook"],
                           chunk_tokens=options["chunk_tokens"], compute_dtype=dtype,
+                          shard_chunks=options.get("shard_chunks") or 1,
                           store_dtype=options.get("store_dtype") or "fp16")
     preflight.check_model_fits(shape, layers, plan.seq_len, options["model"])
     corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],

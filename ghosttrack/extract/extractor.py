@@ -63,6 +63,9 @@ class ExtractionPlan:
     """The model's dtype during the forward pass."""
     store_dtype: str = "fp16"
     """The stored rows' dtype: fp16 (half the disk) or fp32 (for activations beyond fp16's +-65504)."""
+    shard_chunks: int = 1
+    """> 1: zarr v3 shards of that many chunks, one object each (object stores: far fewer objects).
+    After construction ``chunk_tokens`` is then the rows of a shard, the store's unit of commit."""
     extra_attrs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,9 @@ class ExtractionPlan:
                 f"--chunk-tokens {self.chunk_tokens} is not a multiple of --seq-len {self.seq_len}; "
                 f"use {max(1, self.chunk_tokens // self.seq_len) * self.seq_len}"
             )
+        if self.shard_chunks < 1:
+            raise GhostTrackError(f"--shard-chunks must be at least 1, got {self.shard_chunks}")
+        self.chunk_tokens *= self.shard_chunks  # the store's chunk (commit unit) is the shard
 
     @property
     def sequences_per_chunk(self) -> int:
@@ -187,7 +193,8 @@ class HiddenStateExtractor:
         def open_writer() -> StoreWriter:
             return StoreWriter.open(
                 self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
-                chunk_tokens=plan.chunk_tokens, attrs=attrs, mode=mode, rank=rank, world_size=world_size,
+                chunk_tokens=plan.chunk_tokens, shard_chunks=plan.shard_chunks, attrs=attrs, mode=mode, rank=rank,
+                world_size=world_size,
                 dtype=STORE_DTYPE_NAMES[plan.store_dtype], break_lock=break_lock,
             )
 

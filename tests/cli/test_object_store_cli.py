@@ -163,3 +163,27 @@ def test_two_launched_processes_write_the_single_process_store_into_one_bucket(t
     files_one, files_two = _without_run_options(object_bytes(one)), _without_run_options(object_bytes(two))
     assert sorted(files_two) == sorted(files_one) and any(k.startswith("layers/") for k in files_one)
     assert [k for k in files_one if files_two[k] != files_one[k]] == []
+
+
+def test_sharded_extraction_into_s3_holds_the_rows_of_the_plain_store_in_fewer_objects(
+        tiny_gpt2_dir, corpus_file, s3_url, tmp_path):
+    import numpy as np
+    from ghosttrack.store.reader import ActivationStore
+    sharded = _run(*_extract_args(tiny_gpt2_dir, corpus_file, s3_url, "--chunk-tokens", "64", "--shard-chunks", "4"))
+    assert sharded.exit_code == 0, sharded.output
+    plain = _run(*_extract_args(tiny_gpt2_dir, corpus_file, tmp_path / "plain", "--chunk-tokens", "64"))
+    assert plain.exit_code == 0, plain.output
+    objects = object_bytes(s3_url)
+    assert sorted(k for k in objects if k.startswith("layers/1/c/")) == [f"layers/1/c/{i}/0" for i in range(4)]
+    assert len(list((tmp_path / "plain" / "layers" / "1" / "c").iterdir())) == 16
+    a, b = ActivationStore.open(s3_url), ActivationStore.open(tmp_path / "plain")
+    assert (a.chunk_tokens, a.attrs["shard_chunks"], a.n_tokens) == (256, 4, b.n_tokens)
+    for layer in (1, 2):
+        np.testing.assert_array_equal(a.read_rows(layer, 0, a.n_tokens), b.read_rows(layer, 0, b.n_tokens))
+    np.testing.assert_array_equal(a.tokens(), b.tokens())
+    assert _run("verify", s3_url).exit_code == 0
+    again = _run(*_extract_args(tiny_gpt2_dir, corpus_file, s3_url, "--chunk-tokens", "64", "--shard-chunks", "4",
+                                "--resume"))
+    assert again.exit_code == 0 and "already complete" in again.output
+    other = _run(*_extract_args(tiny_gpt2_dir, corpus_file, s3_url, "--chunk-tokens", "64", "--resume"))
+    assert other.exit_code == 2 and "chunk_tokens: stored 256 vs requested 64" in other.output

@@ -19,20 +19,15 @@ from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic, synthe
 from ghosttrack.store.verify import verify_store
 from ghosttrack.store.writer import StoreWriter
 
-from s3_server import object_bytes, s3_bucket, s3_server, s3_url  # noqa: F401 - fixtures
+from s3_server import Crash, crash_after_writes, local_files, object_bytes, s3_bucket, s3_server, s3_url  # noqa: F401
 
 SHAPE = dict(layers=[0, 3], d_model=24, chunk_tokens=96)  # few objects: each request costs ~10-40 ms
-
-
-def _local_files(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".lock")}
 
 
 def test_store_on_s3_has_the_bytes_of_the_local_store_and_reads_back(s3_url, tmp_path):
     write_synthetic_store(s3_url, n_tokens=500, **SHAPE)  # 6 chunks, the last one partial
     write_synthetic_store(tmp_path / "local", n_tokens=500, **SHAPE)
-    assert object_bytes(s3_url) == _local_files(tmp_path / "local")
+    assert object_bytes(s3_url) == local_files(tmp_path / "local")
     remote, local = ActivationStore.open(s3_url), ActivationStore.open(tmp_path / "local")
     assert remote.remote and not local.remote and remote.n_tokens == 500
     for layer in SHAPE["layers"]:
@@ -42,29 +37,6 @@ def test_store_on_s3_has_the_bytes_of_the_local_store_and_reads_back(s3_url, tmp
     group = zarr.open_group(zarr.storage.FsspecStore.from_url(s3_url, read_only=True), mode="r")
     np.testing.assert_array_equal(group["layers/3"][:500], local.read_rows(3, 0, 500))
     assert "healthy" in verify_store(s3_url).summary()
-
-
-class _Crash(BaseException):
-    """Stands in for a kill: nothing after it runs, no cleanup is attempted."""
-
-
-def _crash_after(monkeypatch, n_puts: int) -> list[str]:
-    """Make the n-th object write of the memory:// store (chunk, commit record, zarr metadata, lock)
-    raise _Crash; returns the keys written so far. Every write goes through the filesystem's
-    pipe_file: ours (one key at a time, also inside commit_all's pipe, so a crash can fall between
-    the chunks of one commit) and zarr's (its FsspecStore wraps this filesystem's methods)."""
-    from fsspec.implementations.memory import MemoryFileSystem
-    written: list[str] = []
-    real_pipe_file = MemoryFileSystem.pipe_file
-
-    def pipe_file(self, path, value, *args, **kwargs):
-        if len(written) == n_puts:
-            raise _Crash(path)
-        written.append(path)
-        return real_pipe_file(self, path, value, *args, **kwargs)
-
-    monkeypatch.setattr(MemoryFileSystem, "pipe_file", pipe_file)
-    return written
 
 
 def _committed_chunks_are_whole(url: str) -> int:
@@ -85,19 +57,19 @@ def test_a_crash_at_any_object_write_leaves_committed_rows_whole_and_resume_give
     # object) is the same for every fsspec backend, and here every one of the crash points is cheap.
     n = 250  # 3 chunks of 96 rows (the last one partial)
     write_synthetic_store(tmp_path / "reference", n_tokens=n, **SHAPE)
-    reference = _local_files(tmp_path / "reference")
+    reference = local_files(tmp_path / "reference")
     attrs = {**SYNTHETIC_ATTRS, "context_length": 16}
     seen_commits, crash_at = set(), 0
     while True:
         url = f"memory://gt-crash/{crash_at}"
         with monkeypatch.context() as mp:
-            written = _crash_after(mp, crash_at)
+            written = crash_after_writes(mp, crash_at)
             try:
                 w = StoreWriter.open(url, target_tokens=n, attrs=attrs, **SHAPE)
                 append_synthetic(w, 0, n, context_length=16, piece=70)
                 w.close(complete=True)
                 finished = True
-            except _Crash:
+            except Crash:
                 finished = False  # killed: the writer is abandoned as it is, its lock object stays
         seen_commits.add(_committed_chunks_are_whole(url))
         mode = "resume" if fmt.read_store_attrs(url) is not None else "overwrite"
@@ -212,5 +184,5 @@ def test_ranks_writing_one_store_show_their_merged_progress_and_finish_as_one_pr
     assert ActivationStore.open(url).n_tokens == n
     StoreWriter.finalize(url, 2)
     write_synthetic_store(tmp_path / "single", n_tokens=n, **SHAPE)
-    got = object_bytes(url) if where == "s3" else _local_files(tmp_path / "multi")
-    assert got == _local_files(tmp_path / "single")
+    got = object_bytes(url) if where == "s3" else local_files(tmp_path / "multi")
+    assert got == local_files(tmp_path / "single")
