@@ -151,11 +151,18 @@ def test_loader_batches_from_s3_equal_those_from_disk(s3_url, tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_memory_urls_hold_a_store_too():
-    write_synthetic_store("memory://gt-tests/mem-store", n_tokens=200, **SHAPE)
-    store = ActivationStore.open("memory://gt-tests/mem-store")
-    assert isinstance(store.path, ObjectPath) and store.n_tokens == 200 and verify_store(store.path).healthy
-    as_location("memory://gt-tests/mem-store").remove_tree()
+def test_memory_urls_hold_a_store_too_and_overwrite_leaves_no_stale_object(tmp_path):
+    url = "memory://gt-tests/mem-store"
+    write_synthetic_store(url, n_tokens=400, **{**SHAPE, "layers": [0, 1, 3]})
+    store = ActivationStore.open(url)
+    assert isinstance(store.path, ObjectPath) and store.n_tokens == 400 and verify_store(store.path).healthy
+    attrs = {**SYNTHETIC_ATTRS, "context_length": 16}
+    with StoreWriter.open(url, target_tokens=200, attrs=attrs, mode="overwrite", **SHAPE) as w:
+        append_synthetic(w, 0, 200, context_length=16)
+        w.close(complete=True)
+    write_synthetic_store(tmp_path / "fresh", n_tokens=200, **SHAPE)
+    assert object_bytes(url) == local_files(tmp_path / "fresh")  # no chunk of layer 1 or past row 200 left
+    as_location(url).remove_tree()
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
