@@ -20,6 +20,8 @@ trusted. All attributes are plain JSON without timestamps, so the same inputs gi
 
 zarr's LocalStore writes every file to a temporary name and renames it into place, so a killed
 process never leaves a half-written ``zarr.json``; the writer relies on that for the commit record.
+On an object store (``location.py``) zarr's FsspecStore writes each object in one PUT, which is
+atomic in the same way.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ the rank's file in ``commits/`` for multi-process runs). A process killed at any
 store whose commit record points at fully written chunks; ``mode="resume"`` deletes whatever lies
 past it, and finishing the run gives the same bytes as an uninterrupted one.
 
+On an object store the same order holds with PUTs instead of renames: the chunk objects of all
+arrays go up together (``files.commit_all``), and only when all have landed is the commit record
+PUT. Sharded arrays (``shard_chunks`` > 1) are written by zarr, one shard per commit.
+
 Each chunk file ends with its CRC-32C (zarr's crc32c codec), computed as the rows stream in.
 Before each chunk the free space is checked; a full disk (or any write error) stops the writer
 with a StoreError and leaves the store at its last commit. ``rewrite_chunk`` replaces committed
