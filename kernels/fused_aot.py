@@ -131,9 +131,9 @@ def jobs(arch: int, family: str, quick: bool):
     dtype = DTYPE[family]
     size = 2 if dtype == "bf16" else 4
     common = {"INTERPRETED": False, "PRECISION": "ieee" if family == "ieee" else "tf32"}
-    kernels = {"gemm": [(fwd.encode_kernel, {"HAS_THRESHOLD": True}),
-                        (bwd.dacts_kernel, {"HAS_THRESHOLD": True, "HAS_GA": True}),
-                        (bwd.dwdec_kernel, {}), (bwd.dwenc_kernel, {})],
+    kernels = {"epilogue": [(fwd.encode_kernel, {"HAS_THRESHOLD": True}),
+                            (bwd.dacts_kernel, {"HAS_THRESHOLD": True, "HAS_GA": True})],
+               "gemm": [(bwd.dwdec_kernel, {}), (bwd.dwenc_kernel, {})],
                "splitk": [(fwd.decode_kernel, {}), (bwd.dx_kernel, {})]}
     for role, pairs in kernels.items():
         configs = fitting_configs(GPU_CONFIGS[role], family, size, shared_limit(arch))

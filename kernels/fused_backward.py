@@ -30,7 +30,7 @@ from .fused_tiles import (CONFIGS, INTERPRET, KEY, MAX_SPLIT_K, PRUNE, REDUCE_BL
                           grid, launch, max_tiles, new_output, tiles)
 
 
-@triton.autotune(configs=CONFIGS["gemm"], key=KEY, prune_configs_by=PRUNE)
+@triton.autotune(configs=CONFIGS["epilogue"], key=KEY, prune_configs_by=PRUNE)
 @triton.jit
 def dacts_kernel(
     gy_ptr, w_ptr, norm_ptr, acts_ptr, code_ptr, ga_ptr, thr_ptr, coef_ptr, gpre_ptr, thr_part_ptr, gb_part_ptr,
@@ -205,7 +205,7 @@ def backward(x_BD, W_enc_DH, W_dec_HD, threshold_H, dec_norm_H, acts_BH, code_BH
     parts = new_output((2, n_rows, H), torch.float32, dev)  # g_b_enc, threshold
     ga = grad_acts if grad_acts is not None else acts_BH
     cfg = launch(
-        dacts_kernel, "gemm", grid(B, H),
+        dacts_kernel, "epilogue", grid(B, H),
         gy, W_dec_HD, dec_norm_H, acts_BH, code_BH if code_BH is not None else acts_BH, ga,
         threshold_H if threshold_H is not None else dec_norm_H, coef, g_pre, parts[1], parts[0],
         B, H, D, n_rows, float(bandwidth),

@@ -26,7 +26,7 @@ from .fused_tiles import (CONFIGS, INTERPRET, KEY, MAX_SPLIT_K, PRUNE, REDUCE_BL
                           grid, launch, max_tiles, new_output, tiles)
 
 
-@triton.autotune(configs=CONFIGS["gemm"], key=KEY, prune_configs_by=PRUNE)
+@triton.autotune(configs=CONFIGS["epilogue"], key=KEY, prune_configs_by=PRUNE)
 @triton.jit
 def encode_kernel(
     x_ptr, w_ptr, b_ptr, thr_ptr, norm_ptr, acts_ptr, code_ptr, part_ptr, colsum_ptr,
@@ -144,7 +144,7 @@ def encode(x_BD: torch.Tensor, W_enc_DH: torch.Tensor, b_enc_H: torch.Tensor,
     part = new_output((2, n_slots), torch.float32, dev)
     colsum = new_output((n_rows, H), torch.float32, dev)
     cfg = launch(
-        encode_kernel, "gemm", grid(B, H),
+        encode_kernel, "epilogue", grid(B, H),
         x_BD, W_enc_DH, b_enc_H, threshold_H if threshold_H is not None else b_enc_H,
         dec_norm_H, acts, code if code is not None else acts, part, colsum,
         B, H, D, n_slots, n_rows, float(bandwidth),

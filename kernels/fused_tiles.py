@@ -4,9 +4,10 @@ Three families, picked per call from the operands' dtype and the fp32 dot precis
   16-bit  bf16/fp16 operands on tensor cores (wgmma on sm_90, mma on sm_80)
   tf32    fp32 operands on tensor cores in TF32: the same bytes per K step, so BLOCK_K is halved
   ieee    exact fp32 dots on the FMA units, where big tiles only spill registers
-Two roles: "gemm" (encode, dacts, dW_dec, dW_enc) and "splitk" (decode and dx: a B x D
-output with K = H, too few output tiles to fill the GPU at B = 4096, D = 768, so their
-configs add SPLIT_K = 2, 4 and the partial products are summed in a fixed order).
+Three roles: "epilogue" (encode and dacts, whose JumpReLU epilogues need the most registers),
+"gemm" (dW_dec, dW_enc) and "splitk" (decode and dx: a B x D output with K = H, too few
+output tiles to fill the GPU at B = 4096, D = 768, so their configs add SPLIT_K = 2, 4 and
+the partial products are summed in a fixed order).
 
 Every config is compiled for sm_90 and sm_80 by `fused_aot` (no register spills, shared
 memory within the limit: tests/kernels/test_fused_compile.py) and run under the Triton
@@ -33,23 +34,26 @@ def _config(m: int, n: int, k: int, warps: int, stages: int, split_k: int | None
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per family. At most 64 accumulator
-# registers a thread (32 for exact fp32, whose operands also sit in registers): 128 x 256 at 8
-# warps, and 128 x 128, 64 x 128 or 128 x 64 at 4, spill in the JumpReLU epilogues (fused_aot
-# measures it: tests/kernels/test_fused_compile.py).
+# registers a thread (128 x 256 at 8 warps, or 128 x 128 at 4, spill); fused_aot measures it
+# (tests/kernels/test_fused_compile.py).
 SHAPES = {
     "16bit": [(128, 128, 64, 8, 4), (64, 128, 64, 8, 4), (128, 64, 64, 8, 4), (64, 64, 64, 4, 4)],
     "tf32": [(128, 128, 32, 8, 4), (64, 128, 32, 8, 4), (128, 64, 32, 8, 4), (64, 64, 32, 4, 4)],
     "ieee": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)],
 }
+SPILLS_IN_EPILOGUE = {"16bit": (128, 128, 64, 8, 4), "tf32": (128, 128, 32, 8, 4), "ieee": (64, 128, 32, 8, 3)}
+"""The shape the heavy JumpReLU epilogues of encode and dacts spill in (sm_90 or sm_80): not theirs."""
 SPLITS = (2, 4)
 """Split-K factors tried for decode and dx on the first two shapes of each family."""
 FAMILIES = tuple(SHAPES)
-ROLES = ("gemm", "splitk")
+ROLES = ("epilogue", "gemm", "splitk")
 
 
 def family_configs(role: str, family: str) -> list[triton.Config]:
     """The GPU configs of one role and family (what the autotuner picks from)."""
     shapes = SHAPES[family]
+    if role == "epilogue":
+        return [_config(*s) for s in shapes if s != SPILLS_IN_EPILOGUE[family]]
     if role == "gemm":
         return [_config(*s) for s in shapes]
     return [_config(*s, split_k=1) for s in shapes] + [_config(*s, split_k=k) for s in shapes[:2] for k in SPLITS]
@@ -59,6 +63,7 @@ GPU_CONFIGS = {role: [c for f in FAMILIES for c in family_configs(role, f)] for 
 INTERPRETER_CONFIGS = {
     # Multi-config autotuning does not run under the interpreter: one small config there
     # (tests force every GPU config through FORCED instead).
+    "epilogue": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)],
     "gemm": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)],
     "splitk": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 2},
                              num_warps=4, num_stages=1)],
@@ -93,7 +98,7 @@ def shared_bytes_estimate(config: triton.Config, element_size: int) -> int:
 
 def fitting_configs(configs, family: str, element_size: int, shared_limit: int | None):
     """The configs of `family` (in order) whose shared memory fits the limit (None: no limit)."""
-    family_set = set(family_configs("gemm", family)) | set(family_configs("splitk", family))
+    family_set = {c for role in ROLES for c in family_configs(role, family)}
     return [c for c in configs if c in family_set
             and (shared_limit is None or shared_bytes_estimate(c, element_size) <= shared_limit)]
 

@@ -2,8 +2,9 @@
 on this GPU-less machine, without register spills and within shared memory: the interpreter
 accepts code that the GPU compiler rejects, and it cannot see registers at all.
 
-Cold (empty Triton cache) this compiles ~200 kernels: about 3-4 minutes on 2 idle cores
-(`--jobs 2`); Triton's cache makes later runs of unchanged kernels take seconds."""
+Cold (empty Triton cache) this compiles 188 kernels: 2.7 CPU-minutes measured (`--jobs 2`, so
+about 1.5 minutes on 2 idle cores); Triton's cache makes later runs of unchanged kernels take
+about 15 seconds."""
 
 import os
 import subprocess
@@ -35,7 +36,8 @@ def test_every_config_compiles_for_sm90_and_sm80_without_spills():
     every_config = {(role, family): len(fused_tiles.family_configs(role, family))
                     for role in fused_tiles.ROLES for family in fused_tiles.FAMILIES}
     for family in fused_tiles.FAMILIES:  # nothing pruned for shared memory on these two cards
-        assert sum(f"encode_kernel {family} " in ln for ln in lines) == 2 * every_config[("gemm", family)]
+        assert sum(f"encode_kernel {family} " in ln for ln in lines) == 2 * every_config[("epilogue", family)]
+        assert sum(f"dwdec_kernel {family} " in ln for ln in lines) == 2 * every_config[("gemm", family)]
         assert sum(f"decode_kernel {family} " in ln for ln in lines) == 2 * every_config[("splitk", family)]
     gemms = [ln for ln in lines if "_kernel 16bit" in ln or "_kernel tf32" in ln]
     assert all(ln.split()[-1] == ("wgmma" if ln.startswith("sm_90") else "mma") for ln in gemms), \
