@@ -83,7 +83,11 @@ def run_ours(spec: dict, rows: TrainingRows, args, out: Path) -> dict:
     options = {"arch": spec["arch"], "d_hidden": WIDTH, "batch_size": BATCH, "epochs": spec["epochs"],
                "device": "cpu", "seed": 0, "log_every": 20, "checkpoint_every": 10_000, **spec["options"]}
     store = open_training_store(args.store)
-    sae_cfg, cfg = configs_from_options(options, store.d_model)
+    sae_cfg, cfg = configs_from_options(_as_cli_options(options), store.d_model)
+    for key, value in spec["options"].items():  # a run must mean what its spec says
+        got = getattr(cfg, key, getattr(sae_cfg, key, None))
+        if key not in ("l0", "l1") and got != value:
+            raise SystemExit(f"{spec}: {key} came out as {got!r}, not {value!r}")
     start = time.perf_counter()
     summary = train_sae_for_layer(store, spec["layer"], sae_cfg, cfg, out, overwrite=True, options=options,
                                   progress=False)
@@ -102,6 +106,22 @@ def run_ours(spec: dict, rows: TrainingRows, args, out: Path) -> dict:
     return {"wall_s": wall, "tokens": summary["tokens"], "train_dead_fraction": summary["dead_fraction"],
             "sae_config": sae_cfg.to_dict(), "trainer_config": cfg.to_dict(), "scores": score(forward, rows, args),
             **({"threshold": threshold_moves(sae, history)} if spec["arch"] == "jumprelu" else {})}
+
+
+def _as_cli_options(options: dict) -> dict:
+    """Field names -> the option names `configs_from_options` reads (a bool field shown as the flag
+    that turns it off, like --no-pre-encoder-bias, takes the opposite value)."""
+    import dataclasses
+
+    from ghosttrack.config_fields import param_name
+    from ghosttrack.train.config import TrainerConfig
+
+    out = dict(options)
+    for field in dataclasses.fields(TrainerConfig):
+        if field.name in options and param_name(field) != field.name:
+            value = out.pop(field.name)
+            out[param_name(field)] = (not value) if field.metadata.get("invert") else value
+    return out
 
 
 def threshold_moves(sae, history: dict) -> dict:
