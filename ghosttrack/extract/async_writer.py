@@ -40,8 +40,11 @@ class AsyncStoreWriter:
     def __init__(self, writer, *, pinned: bool, max_pending: int = 2,
                  should_stop: Callable[[], bool] = lambda: False,
                  check_batch: Callable[[np.ndarray], None] | None = None,
-                 stall_timeout: float = STALL_TIMEOUT_S, device: torch.device | None = None):
+                 stall_timeout: float = STALL_TIMEOUT_S, device: torch.device | None = None,
+                 after_append: Callable[[int], None] | None = None):
         self.writer = writer
+        self.after_append = after_append
+        """Called on the thread after each batch is written, with the writer's committed row count."""
         self.pinned = pinned
         # `device`: the model's CUDA device (its current stream produced the activations).
         self._stream = torch.cuda.Stream(device=device) if pinned else None
@@ -116,6 +119,8 @@ class AsyncStoreWriter:
                     if self.check_batch is not None and counts is not None:
                         self.check_batch(counts.numpy())
                     self.writer.append({k: v.numpy() for k, v in host.items()}, tokens, positions, sequence_ids)
+                    if self.after_append is not None:
+                        self.after_append(self.writer.committed_tokens)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the producer thread
                 self._error = exc
             finally:

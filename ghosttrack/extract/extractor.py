@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,8 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
 from ghosttrack.extract.models import LoadedModel
-from ghosttrack.corpus.packing import pack_sequences
+from ghosttrack.corpus.packing import pack_with_positions
+from ghosttrack.extract.resume_point import drop_resume_point, read_resume_point, write_resume_point
 from ghosttrack.store.location import as_location, is_remote, upload_folder
 from ghosttrack.store.background import in_background
 from ghosttrack.store.writer import StoreWriter
@@ -117,17 +119,18 @@ def store_attrs(loaded: LoadedModel, plan: ExtractionPlan, corpus_spec: dict) ->
 
 
 def _owned_sequences(
-    sequences: Iterator[np.ndarray], plan: ExtractionPlan, rank: int, world_size: int, skip_rows: int
+    numbered: Iterator[tuple[int, np.ndarray]], plan: ExtractionPlan, rank: int, world_size: int, skip_rows: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(global sequence index, ids) of the sequences this process writes, after those already committed.
 
-    Process `rank` owns chunks rank, rank + W, ...; `skip_rows` counts this process's committed rows.
+    Process `rank` owns chunks rank, rank + W, ...; `skip_rows` counts this process's committed rows
+    among `numbered` (which may start past sequence 0, at a recorded resume point).
     """
     spc = plan.sequences_per_chunk
     n_total = plan.target_tokens // plan.seq_len
     skip_own = skip_rows // plan.seq_len
     own_seen = 0
-    for index, ids in enumerate(itertools.islice(sequences, n_total)):
+    for index, ids in itertools.takewhile(lambda item: item[0] < n_total, numbered):
         if (index // spc) % world_size != rank:
             continue
         own_seen += 1
@@ -183,12 +186,11 @@ class HiddenStateExtractor:
             raise GhostTrackError(f"--batch-size must be at least 1, got {batch_size}")
         rank, world_size = self._process_layout()
         attrs = store_attrs(self.loaded, plan, self.corpus.describe())
-        sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
+        sequences = pack_with_positions(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
         first = next(sequences, None)
         if first is None:
             raise GhostTrackError(f"corpus {getattr(self.corpus, 'name', '')} gave too little text for even one sequence of "
                                   f"{plan.seq_len} tokens; pass a bigger --corpus, a lower --min-chars or a smaller --seq-len")
-        sequences = itertools.chain([first], sequences)
 
         def open_writer() -> StoreWriter:
             return StoreWriter.open(
@@ -211,8 +213,34 @@ class HiddenStateExtractor:
             writer = open_writer()
         committed = writer.committed_tokens
         own_target = writer.capacity
-        # A complete store (resumed to add nothing) is not tokenized again just to skip its text.
-        owned = iter(()) if writer.complete else _owned_sequences(sequences, plan, rank, world_size, committed)
+        # A complete store (resumed to add nothing) is not tokenized again just to skip its text, nor
+        # is the committed prefix of an interrupted one when its resume point was recorded.
+        spec, base, positions, lock = self.corpus.describe(), 0, {}, threading.Lock()
+        start = None if world_size > 1 or is_remote(self.out) else \
+            read_resume_point(self.out, committed, plan.seq_len, spec)
+        if start is not None and committed > 0:
+            base = committed // plan.seq_len
+            packed = pack_with_positions(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len, start=start)
+        else:
+            packed = itertools.chain([first], sequences)
+
+        def numbered() -> Iterator[tuple[int, np.ndarray]]:
+            for index, (ids, position) in enumerate(packed, start=base):
+                with lock:
+                    positions[index] = position
+                yield index, ids
+
+        owned = iter(()) if writer.complete else \
+            _owned_sequences(numbered(), plan, rank, world_size, committed - base * plan.seq_len)
+
+        def record(now_committed: int) -> None:
+            """Writer thread, after each batch: where the first uncommitted sequence starts."""
+            with lock:
+                position = positions.get(now_committed // plan.seq_len)
+                for index in [i for i in positions if i < now_committed // plan.seq_len]:
+                    del positions[index]
+            if position is not None and world_size == 1 and not is_remote(self.out):
+                write_resume_point(self.out, now_committed, plan.seq_len, spec, position)
         bar = tqdm(total=own_target, initial=min(committed, own_target), unit="tok", unit_scale=True,
                    desc=f"extract {len(plan.layers)} layer(s)", disable=not progress, dynamic_ncols=True)
         written = committed
@@ -221,7 +249,7 @@ class HiddenStateExtractor:
                                   * STORE_DTYPES[plan.store_dtype].itemsize, host_buffer_bytes)
         sink = AsyncStoreWriter(writer, pinned=self.loaded.device.type == "cuda", should_stop=lambda: stop.requested,
                                 check_batch=lambda counts: check_finite(counts, plan), max_pending=pending,
-                                device=self.loaded.device)
+                                device=self.loaded.device, after_append=record)
         # Tokenizing and packing run on a thread, a few batches ahead of the forward passes.
         batches = in_background(lambda: _batched(owned, batch_size), depth=TOKENIZED_AHEAD, name="ghosttrack-tokenize")
         try:
@@ -237,6 +265,8 @@ class HiddenStateExtractor:
             batches.close()
             bar.close()
             sink.close(complete=complete)
+        if not is_remote(self.out):
+            drop_resume_point(self.out)
         if written < own_target:
             tqdm.write(f"corpus ran out: wrote {written:,} of {own_target:,} tokens")
         self._wait_for_everyone(world_size)
@@ -245,54 +275,10 @@ class HiddenStateExtractor:
         return self.out
 
     def repair(self, plan: ExtractionPlan, chunks: list[int], *, batch_size: int = 8, progress: bool = True) -> int:
-        """Re-extract committed `chunks` of the store (as `verify_store` lists them) and rewrite them in place.
+        """Re-extract committed `chunks` of the store in place (see ghosttrack.extract.repair)."""
+        from ghosttrack.extract.repair import repair_chunks
 
-        Extraction is deterministic: the chunk's sequences are run in the same batches as an
-        uninterrupted run made them (batch b holds sequences b*batch_size ...), so the rewritten
-        files are byte-identical to undamaged ones. Returns the number of chunks rewritten.
-        """
-        check_layers(plan.layers, self.loaded.n_layers)
-        if self._process_layout()[1] > 1:
-            raise GhostTrackError("--repair runs in one process; start it without accelerate launch")
-        writer = StoreWriter.open(
-            self.out, layers=plan.layers, d_model=self.loaded.d_model, target_tokens=plan.target_tokens,
-            chunk_tokens=plan.chunk_tokens, attrs=store_attrs(self.loaded, plan, self.corpus.describe()),
-            mode="resume", dtype=STORE_DTYPE_NAMES[plan.store_dtype],
-        )
-        spc, committed = plan.sequences_per_chunk, writer.committed_tokens
-        n_total = committed // plan.seq_len
-        try:
-            pending = set(chunks)
-            outside = sorted(c for c in pending if not 0 <= c * spc < n_total)
-            if outside:
-                raise GhostTrackError(f"chunk(s) {outside} are not committed in {self.out}; only committed chunks "
-                                      "are repaired")
-            # The batches of an uninterrupted run that hold any sequence of a chunk to repair.
-            needed = {s // batch_size for c in pending for s in range(c * spc, min((c + 1) * spc, n_total))}
-            last_sequence = {c: min((c + 1) * spc, n_total) - 1 for c in pending}
-            sequences = pack_sequences(self.corpus.get_texts(), self.loaded.tokenizer, plan.seq_len)
-            batches = _batched(enumerate(itertools.islice(sequences, n_total)), batch_size)
-            rows: dict[int, _Collected] = {}
-            for index, batch in enumerate(tqdm(batches, total=max(needed) + 1 if needed else 0, desc="repair",
-                                               unit="batch", disable=not progress)):
-                if index in needed:
-                    collect = _Collected()
-                    self._forward_batch(batch, plan, collect)
-                    check_finite(collect.counts, plan)
-                    for c in {seq // spc for seq, _ in batch} & pending:
-                        rows[c] = rows.get(c, _Collected()).extend(collect.rows_of(c, spc))
-                for c in [c for c in rows if last_sequence[c] <= batch[-1][0]]:
-                    part = rows.pop(c)
-                    writer.rewrite_chunk(c, part.acts, part.tokens, part.positions, part.sequence_ids)
-                    pending.discard(c)
-                if not pending:
-                    break
-            if pending:
-                raise GhostTrackError(f"the corpus ran out before chunk(s) {sorted(pending)} of {self.out}: it is not "
-                                      "the corpus the store was extracted from; pass the original --corpus")
-        finally:
-            writer.close(complete=False)
-        return len(set(chunks))
+        return repair_chunks(self, plan, chunks, batch_size=batch_size, progress=progress)
 
     def _save_tokenizer(self) -> None:
         """Interpretation rebuilds contexts from token ids without the model: keep the tokenizer beside them."""
@@ -361,37 +347,6 @@ class HiddenStateExtractor:
             sequence_ids=np.repeat(seq_index, T),
             counts=torch.stack([nonfinite[layer] for layer in plan.layers]),
         )
-
-
-class _Collected:
-    """Stands in for the writer thread during a repair: keeps each batch's host rows."""
-
-    def __init__(self):
-        self.acts: dict[int, np.ndarray] = {}
-        self.tokens = self.positions = self.sequence_ids = None
-        self.counts = None
-
-    def submit(self, acts, *, tokens, positions, sequence_ids, counts) -> None:
-        self.acts = {layer: a.cpu().numpy() for layer, a in acts.items()}
-        self.tokens, self.positions, self.sequence_ids = tokens, positions, sequence_ids
-        self.counts = counts.cpu().numpy()
-
-    def rows_of(self, c: int, sequences_per_chunk: int) -> "_Collected":
-        """The rows of this batch that belong to chunk c."""
-        keep = self.sequence_ids // sequences_per_chunk == c
-        part = _Collected()
-        part.acts = {layer: a[keep] for layer, a in self.acts.items()}
-        part.tokens, part.positions, part.sequence_ids = self.tokens[keep], self.positions[keep], self.sequence_ids[keep]
-        return part
-
-    def extend(self, other: "_Collected") -> "_Collected":
-        if self.tokens is None:
-            return other
-        self.acts = {layer: np.concatenate([a, other.acts[layer]]) for layer, a in self.acts.items()}
-        self.tokens = np.concatenate([self.tokens, other.tokens])
-        self.positions = np.concatenate([self.positions, other.positions])
-        self.sequence_ids = np.concatenate([self.sequence_ids, other.sequence_ids])
-        return self
 
 
 def pending_batches(batch_bytes: int, host_buffer_bytes: int) -> int:

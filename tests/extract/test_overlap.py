@@ -1,6 +1,7 @@
 """Extraction overlaps its stages without changing a byte: tokenization runs on a thread ahead of the
 forward passes, the host buffers are capped by bytes, and resuming a complete store tokenizes nothing
 beyond the first sequence."""
+import json
 import threading
 
 import pytest
@@ -50,3 +51,45 @@ def test_tokenizing_runs_ahead_on_a_thread_and_a_complete_store_is_not_tokenized
     HiddenStateExtractor(loaded, again, tmp_path / "s").extract(ExtractionPlan(**PLAN), batch_size=16, mode="resume",
                                                                  progress=False)
     assert len(again.threads) <= 64  # only the first sequence's batch of documents (the corpus check)
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".lock")}
+
+
+def test_resume_starts_from_the_recorded_corpus_position(tiny_gpt2_dir, corpus_file, tmp_path, monkeypatch):
+    from ghosttrack.corpus import packing
+    from ghosttrack.extract.resume_point import RESUME_FILE
+    from ghosttrack.interrupts import Interrupted, StopRequest
+    from ghosttrack.store.writer import StoreWriter
+
+    loaded = load_model(str(tiny_gpt2_dir), causal_lm=False)
+    corpus = open_corpus(str(corpus_file))
+    HiddenStateExtractor(loaded, corpus, tmp_path / "full").extract(ExtractionPlan(**PLAN), batch_size=16,
+                                                                    progress=False)
+    tokenized = []
+    real_tokenize = packing.tokenize_documents
+    monkeypatch.setattr(packing, "tokenize_documents", lambda tok, docs: tokenized.extend(docs) or real_tokenize(tok, docs))
+    stop, append = StopRequest(), StoreWriter.append
+
+    def append_then_stop(self, *args):
+        append(self, *args)
+        if self.committed_tokens >= 16384:
+            stop.request()
+    monkeypatch.setattr(StoreWriter, "append", append_then_stop)
+    with pytest.raises(Interrupted):
+        HiddenStateExtractor(loaded, corpus, tmp_path / "cut").extract(ExtractionPlan(**PLAN), batch_size=16,
+                                                                       progress=False, stop=stop)
+    monkeypatch.setattr(StoreWriter, "append", append)
+    recorded = json.loads((tmp_path / "cut" / RESUME_FILE).read_text())
+    assert recorded["committed_tokens"] >= 16384 and recorded["doc"] > 64
+    tokenized.clear()
+    HiddenStateExtractor(loaded, corpus, tmp_path / "cut").extract(ExtractionPlan(**PLAN), batch_size=16,
+                                                                   mode="resume", progress=False)
+    # The corpus check's first batch (documents 0-63), then only the documents from the recorded one on:
+    # none of those in between, which re-tokenizing the prefix would need.
+    number = {text: i for i, text in enumerate(corpus.get_texts())}
+    again = sorted(number[t] for t in tokenized)
+    assert again and all(i < 64 or i >= recorded["doc"] for i in again), again
+    assert _files(tmp_path / "cut") == _files(tmp_path / "full") and not (tmp_path / "cut" / RESUME_FILE).exists()
