@@ -114,9 +114,14 @@ def fp32_truth(torch, reference, x, params, kw):
     """Loss and weight gradients of the reference in fp32 on the same (upcast) inputs: the
     yardstick for every method, since a bf16 eager run is itself far from exact."""
     p32 = {k: t.detach().float().requires_grad_() for k, t in params.items()}
-    reference.sae_forward(x.float(), **p32, **kw).loss.backward()
-    with torch.no_grad():
-        loss = reference.sae_forward(x.float(), **p32, **kw).loss
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # exact fp32 even under --tf32
+    try:
+        reference.sae_forward(x.float(), **p32, **kw).loss.backward()
+        with torch.no_grad():
+            loss = reference.sae_forward(x.float(), **p32, **kw).loss
+    finally:
+        torch.set_float32_matmul_precision(precision)
     return loss, {k: t.grad for k, t in p32.items()}
 
 

@@ -1,5 +1,5 @@
-"""On a CUDA GPU (bench/gpu_suite.sh runs these with TRITON_INTERPRET=0): every tile config of
-the 16-bit and TF32 families compiled and run against the reference on odd shapes, the
+"""On a CUDA GPU (bench/gpu_suite.sh runs these with TRITON_INTERPRET=0): every 16-bit tile
+config (and the first TF32 one) compiled and run against the reference on odd shapes, the
 sparse TopK path against the torch path, and both backward passes bit-for-bit repeatable."""
 
 import pytest
@@ -37,7 +37,9 @@ def test_every_config_on_the_gpu(family, dtype, monkeypatch):
     lists = {role: fused_tiles.family_configs(role, family) for role in fused_tiles.ROLES}
     limit = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
     size = torch.tensor([], dtype=dtype).element_size()
-    for i in range(max(len(cfgs) for cfgs in lists.values())):
+    # Every config in bf16; TF32 only its first config of each role (the same tiles, the TF32 dot
+    # layouts checked once): the suite's time on the GPU is short.
+    for i in range(max(len(cfgs) for cfgs in lists.values()) if family == "16bit" else 1):
         forced = {role: cfgs[i % len(cfgs)] for role, cfgs in lists.items()}
         if any(fused_tiles.shared_bytes_estimate(c, size) > limit for c in forced.values()):
             continue  # the autotuner prunes it on this card too
