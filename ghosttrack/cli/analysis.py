@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import config_option, corpus_options, parse_token_count, save_resolved_config
+from ghosttrack.cli.common import (config_option, corpus_options, local_output, parse_token_count,
+                                   save_resolved_config)
 from ghosttrack.errors import GhostTrackError
 
 
@@ -69,7 +70,7 @@ def _default_device() -> str:
 @click.option("--layer", type=int, default=None, help="Store layer to read (default: the SAE's hook_layer).")
 @click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
               help="Top-activating examples kept per feature.")
-@click.option("--out", default="runs/interp", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="runs/interp", show_default=True, type=click.Path(file_okay=False), callback=local_output,
               help="Output folder; each layer goes to OUT/layer_<i>/.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per encoder call.")
 @click.option("--device", default=None, help="Device for the pass (default: cuda if present, else cpu).")
@@ -189,7 +190,7 @@ def _load_records(path: Path) -> list[dict]:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Model dtype.")
 @click.option("--device", default=None, help="Device (default: cuda if present, else cpu).")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
+@click.option("--out", default=None, type=click.Path(dir_okay=False), callback=local_output,
               help="JSON file to write (default: SAE/evaluation.json).")
 def evaluate(**options) -> None:
     """MSE, FVU, L0, dead/dense fractions and next-token CE / KL with the SAE spliced into the model."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ghosttrack.errors import GhostTrackError
 from ghosttrack.run_config import (CONFIG_FILENAME, parse_layers, parse_token_count,  # noqa: F401 - re-exported
                                   save_resolved_config)
 
@@ -68,6 +69,18 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
         raise click.BadParameter(f"config file {value} has unknown option(s) {', '.join(unknown)} for `{command}`")
     options.pop("config", None)
     ctx.default_map = {**(ctx.default_map or {}), **options}
+    return value
+
+
+def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of --out options that write local files (SAEs, reports): a store URL there would
+    otherwise become a local folder named 's3:'. One line, exit 2, before any work."""
+    from ghosttrack.store.location import as_location, is_remote
+
+    if value is not None and is_remote(as_location(value)):
+        raise GhostTrackError(f"{param.opts[0]} {value}: this output is written to a local folder, not to "
+                              "object storage (only activation stores go there: extract --out, --store); "
+                              "pass a local path")
     return value
 
 

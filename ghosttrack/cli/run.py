@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ghosttrack.cli import extract_options, run_extraction
-from ghosttrack.cli.common import config_option
+from ghosttrack.cli.common import config_option, local_output
 from ghosttrack.cli.train import run_training, train_options
 from ghosttrack.errors import GhostTrackError
 
@@ -19,7 +19,7 @@ SAE_DIR = "sae"
 @extract_options(in_run=True)
 @click.option("--layers", default="all", show_default=True, help="Layers to extract and train: 0-11, 0,6,11 or all.")
 @train_options
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
               help="Run folder: the store goes to OUT/store, the SAEs to OUT/sae/layer_<i>/.")
 @click.option("--extract-only", is_flag=True, help="Stop after extraction.")
 @click.option("--train-only", is_flag=True, help="Train on the existing OUT/store.")

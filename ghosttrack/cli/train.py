@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ghosttrack.cli.common import config_option
+from ghosttrack.cli.common import config_option, local_output
 from ghosttrack.cli.options import apply, dataclass_options
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.base import ARCHITECTURES
@@ -46,7 +46,7 @@ def train_options(func):
 @click.option("--layer", type=int, default=None, help="One layer to train (same as --layers N).")
 @click.option("--layers", default=None, help="Layers to train: 6, 0-11, 0,6,11 or all [default: all].")
 @train_options
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
               help="Output folder; each layer goes to OUT/layer_<i>/ (best SAE, final/, trainer_state.pt, history.json).")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs in OUT (same options required).")
 @click.option("--overwrite", is_flag=True, help="Replace existing runs in OUT.")

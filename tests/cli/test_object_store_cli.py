@@ -137,6 +137,15 @@ def test_bad_store_urls_are_one_line_errors_before_any_work(tiny_gpt2_dir, corpu
             assert len(lines) == 1 and message in lines[0], (args, result.output)
     assert not list(tmp_path.iterdir()), "nothing may be written locally for a bad URL (no folder 's3:')"
 
+    # Outputs that are written locally (SAEs, reports) refuse a URL instead of making a folder 's3:'.
+    for args in (["train", "--store", "unused", "--layer", "1", *TRAIN, "--out", f"s3://{s3_bucket}/sae"],
+                 ["run", "--model", str(tiny_gpt2_dir), "--corpus", str(corpus_file), "--out", f"s3://{s3_bucket}/r"],
+                 ["interpret", "--store", "unused", "--sae", str(tmp_path), "--out", f"s3://{s3_bucket}/interp"]):
+        result = _run(*args)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, (args, result.output)
+        assert "written to a local folder" in result.output, result.output
+    assert not list(tmp_path.iterdir())
+
     # A scheme whose package is missing names the pip extra.
     import importlib.util
     real_find_spec = importlib.util.find_spec
