@@ -26,9 +26,13 @@ def check_inputs(sae, store, layer: int) -> None:
     if other and other in hook_name:
         warnings.warn(f"the SAE was trained on {hook_name} but store {store.path} holds {store.hook} rows",
                       stacklevel=3)
+    from ghosttrack.store.errors import StoreError
+
     try:
         tokens = np.asarray(store.tokens(0, min(store.n_tokens, store.chunk_tokens)))
-    except Exception as exc:  # noqa: BLE001 - any failure means there are no usable ids
+    except StoreError:
+        raise  # a damaged chunk: the store's own one-line error names it and the repair
+    except Exception as exc:  # noqa: BLE001 - any other failure means there are no usable ids
         raise GhostTrackError(f"store {store.path} has no readable token ids, so contexts cannot be rebuilt; "
                               "re-extract it with ghosttrack extract") from exc
     if len(tokens) > 1 and not tokens.any():

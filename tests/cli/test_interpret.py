@@ -2,13 +2,13 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from ghosttrack.cli import main
-from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder, TopKSAEConfig
+from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder, TopKSAEConfig
+from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
 
 D_MODEL = 32  # the tiny GPT-2 of conftest
@@ -87,6 +87,8 @@ def test_bad_input_exits_2(extracted, tmp_path):
     out = tmp_path / "o"
     _one_error_line(run("--store", extracted, "--sae", sae_dir, "--top-k", 0, "--out", out), "--top-k")
     _one_error_line(run("--store", extracted, "--sae", sae_dir, "--layer", 5, "--out", out),
+                    "error: the SAE", "trained on blocks.2.hook_resid_post", "--allow-layer-mismatch")
+    _one_error_line(run("--store", extracted, "--sae", sae_dir, "--layer", 5, "--allow-layer-mismatch", "--out", out),
                     "error: layer 5 is not in store", "layers 1, 2")
     wide = save_sae(tmp_path / "wide", 2, d_in=D_MODEL + 8)
     _one_error_line(run("--store", extracted, "--sae", wide, "--out", out), "error:", "d_in=40", "d_model=32")
@@ -102,6 +104,8 @@ def test_store_without_token_ids_exits_2(extracted, tmp_path):
     _one_error_line(run("--store", no_array, "--sae", sae_dir, "--out", tmp_path / "o"), "error:", "no token ids")
     never_written = tmp_path / "tokens_never_written"
     shutil.copytree(extracted, never_written)
-    shutil.rmtree(never_written / "tokens" / "c")  # chunk files gone: the ids read as zarr's fill value
-    assert not np.asarray(ActivationStore.open(never_written).tokens()).any()
-    _one_error_line(run("--store", never_written, "--sae", sae_dir, "--out", tmp_path / "o"), "error:", "no token ids")
+    shutil.rmtree(never_written / "tokens" / "c")  # chunk files gone: a damaged store, named as such
+    with pytest.raises(StoreError, match="chunk 0 of tokens is missing"):  # never read as zeros
+        ActivationStore.open(never_written).tokens()
+    _one_error_line(run("--store", never_written, "--sae", sae_dir, "--out", tmp_path / "o"), "error:",
+                    "chunk 0 of tokens is missing", "--repair")
