@@ -103,8 +103,13 @@ class ObjectPath:
         return self.size() is not None
 
     def is_dir(self) -> bool:
-        """True when some object lies under this prefix."""
-        return bool(self.fs.find(self.key + "/", maxdepth=None, withdirs=False)[:1])
+        """True when some object lies under this prefix (one listing of its first level, not of
+        every object below: a store may hold ~10^5 of them)."""
+        try:
+            entries = self.fs.ls(self.key + "/", detail=False)
+        except FileNotFoundError:
+            return False
+        return any(e.rstrip("/") != self.key for e in entries)  # some filesystems list an object itself
 
     def exists(self) -> bool:
         return self.is_file() or self.is_dir()
