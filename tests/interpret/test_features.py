@@ -9,7 +9,7 @@ import torch
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interpret.features import (FeatureInterpreter, InterpretConfig, analyze_sae, print_feature_summary,
                                   write_records)
-from ghosttrack.sae.module import ReluSAEConfig, SparseAutoencoder
+from ghosttrack.sae import ReluSAEConfig, SparseAutoencoder
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.writer import StoreWriter
 
