@@ -56,9 +56,12 @@ def resolve_resident(mode: str, device: torch.device, store) -> str:
 
 def check_fused(sae_cfg: SAEConfig) -> None:
     from ghosttrack.kernels import fused
+    from ghosttrack.sae.base import ARCHITECTURES
 
-    if sae_cfg.architecture == "topk":
-        raise GhostTrackError("--fused covers the relu and jumprelu SAEs; train topk without --fused")
+    if not ARCHITECTURES[sae_cfg.architecture].fused:
+        covered = [name for name, arch in ARCHITECTURES.items() if arch.fused]
+        raise GhostTrackError(f"--fused covers the {' and '.join(covered)} SAEs; "
+                              f"train {sae_cfg.architecture} without --fused")
     if not fused.is_available():
         raise GhostTrackError(fused.UNAVAILABLE)
 
