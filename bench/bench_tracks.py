@@ -7,6 +7,11 @@ Matching (two SAEs of --latents latents, random unit decoder rows, JumpReLU thre
                          arithmetic floor of any decoder comparison that never holds H x H;
   match_decoders      -- folded scores of every tile, the running top-N merge, per-edge columns.
 
+Co-activation (--coact-latents latents per layer, --coact-rows held-out rows, --coact-l0 active per row):
+  dense blocked matmul -- A[:, block]^T @ B on the dense activations, block by block: the co-occurrence
+                          sums as a dense computation would get them (no correlation, no top-N);
+  coactivation_edges   -- the sparse sums, correlations, co-firing counts and the running top-N.
+
 Tracking (--layers SAEs of --d-sae latents on --tokens tokens; layer k+1's SAE is layer k's with
 latents shuffled and noise added, and its inputs are layer k's plus noise, so latents persist):
   bare encode         -- sae.encode of every layer (dense), the work any per-token method does;
@@ -42,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--src-block", type=int, default=2048)
     p.add_argument("--dst-block", type=int, default=8192)
+    p.add_argument("--coact-latents", type=int, default=8192)
+    p.add_argument("--coact-rows", type=int, default=4096)
+    p.add_argument("--coact-l0", type=int, default=32)
     p.add_argument("--layers", type=int, default=4, help="tracked layers")
     p.add_argument("--d-sae", type=int, default=4608, help="latents of each tracked SAE")
     p.add_argument("--tokens", type=int, default=4096)
@@ -113,6 +121,42 @@ def unit_noise(d: int, h: int, gen: torch.Generator) -> torch.Tensor:
     """(d, h) Gaussian columns of unit norm."""
     z = torch.randn(d, h, generator=gen)
     return z / z.norm(dim=0, keepdim=True)
+
+
+def bench_coactivation(args) -> dict:
+    from ghosttrack.tracks.coact import coactivation_edges
+    from ghosttrack.tracks.codes import SparseCodes
+
+    n, h, l0 = args.coact_rows, args.coact_latents, args.coact_l0
+    gen = torch.Generator().manual_seed(0)
+
+    def codes(shared: torch.Tensor | None):
+        # l0 random latents per row with activations in (0, 1]; half of them copied from `shared` when given.
+        idx = torch.rand(n, h, generator=gen).topk(l0, dim=1).indices
+        if shared is not None:
+            idx[:, : l0 // 2] = shared[:, : l0 // 2]
+        dense = torch.zeros(n, h)
+        dense.scatter_(1, idx, torch.rand(n, l0, generator=gen) + 1e-3)
+        return idx, dense.to(args.device)
+
+    idx_a, A = codes(None)
+    _, B = codes(idx_a)
+    sa, sb = SparseCodes.from_dense(A), SparseCodes.from_dense(B)
+    block = max(1, (256 << 20) // (h * 8 * 3))
+
+    @torch.inference_mode()
+    def dense():
+        for s0 in range(0, h, block):
+            A[:, s0:s0 + block].t() @ B
+
+    times = {"dense blocked matmul": [], "coactivation_edges": []}
+    for _ in range(args.repeats):
+        times["dense blocked matmul"].append(timed(args.device, dense))
+        times["coactivation_edges"].append(timed(args.device, lambda: coactivation_edges(sa, sb, args.top,
+                                                                                          progress=False)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"latents": h, "rows": n, "l0": l0, "top": args.top, "src_block": block, "seconds": times,
+            "median_seconds": med, "ratio_coact_vs_dense": med["dense blocked matmul"] / med["coactivation_edges"]}
 
 
 def tracking_inputs(args):
@@ -199,9 +243,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.latents, args.d_model, args.d_sae, args.tokens, args.src_block, args.dst_block = 2048, 64, 512, 512, 512, 1024
+        args.coact_latents, args.coact_rows = 1024, 512
     load = os.getloadavg()[0]
     result = {"machine": machine(), "torch_threads": torch.get_num_threads(), "load_average_at_start": round(load, 2),
-              "repeats": args.repeats, "matching": bench_matching(args), "tracking": bench_tracking(args)}
+              "repeats": args.repeats, "matching": bench_matching(args), "coactivation": bench_coactivation(args),
+              "tracking": bench_tracking(args)}
     slug = "cpu" if args.device == "cpu" else "gpu"
     stem = args.out or f"tracks_{slug}{'_quick' if args.quick else ''}"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -213,7 +259,7 @@ def main(argv=None) -> dict:
 
 
 def markdown(r: dict) -> str:
-    m, t = r["matching"], r["tracking"]
+    m, c, t = r["matching"], r["coactivation"], r["tracking"]
     cpu = "; CPU figures" if r["machine"].startswith("CPU") else ""
     lines = [
         f"# Hypothesis tracking ({r['machine']}{cpu})",
@@ -234,6 +280,17 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"Matching runs at **{m['ratio_match_vs_bare']:.2f}x** the speed of the bare blocked matmul.",
+        "",
+        f"## Co-activation of two {c['latents']:,}-latent layers over {c['rows']:,} rows (L0 {c['l0']})",
+        "",
+        f"Half of each row's latents in layer B are the row's latents of layer A; the dense baseline takes source "
+        f"blocks of {c['src_block']:,}; the sparse path forms only co-firing pairs (about rows x L0^2).",
+        "",
+        "| what | median s | vs dense |",
+        "| --- | ---: | ---: |",
+        f"| dense blocked matmul (sums only) | {c['median_seconds']['dense blocked matmul']:.2f} | 1.00x |",
+        f"| coactivation_edges (sparse sums, correlation, top-{c['top']}) | "
+        f"{c['median_seconds']['coactivation_edges']:.2f} | {c['ratio_coact_vs_dense']:.2f}x |",
         "",
         f"## Tracker: {t['layers']} layers x {t['d_sae']:,} latents, {t['tokens']:,} tokens",
         "",

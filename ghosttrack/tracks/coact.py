@@ -1,19 +1,21 @@
-"""Co-activation of two layers' SAE latents over the store's held-out rows, blocked, never H x H.
+"""Co-activation of two layers' SAE latents over the store's held-out rows, never H x H.
 
 The store holds the same tokens at every layer, so the held-out rows (the chunks the SAEs'
 95/5 split kept out of training) are read once per layer, encoded, and kept as sparse codes
-(CSR: a row pointer, latent ids, values). For a block of source latents the co-activation sums
+(CSR: a row pointer, latent ids, values). For a group of source latents the co-activation sums
 
     C[s, t] = sum over rows of a_s * b_t        K[s, t] = rows where both fire
 
-come from one vectorised scatter over the (row, source entry, candidate entry) triples of the
-block: a sparse x sparse product whose work is sum over rows of L0_a * L0_b, not H^2 * rows.
-The score is the Pearson correlation of the two activations over the rows,
+come from the (row, source entry, candidate entry) triples of the group, expanded at once and
+summed per pair with one sort (torch.unique): a sparse x sparse product whose work and memory
+follow sum over rows of L0_a * L0_b, never H_a x H_b. The score is the Pearson correlation of
+the two activations over the rows,
 
     corr = (C/n - mean_a mean_b) / (std_a std_b),
 
-and only pairs that fired together at least once are candidates (K > 0); the others have
-corr <= 0 anyway. Each (block x H_b) tile is merged into a running top-N per source.
+and only pairs that fired together at least once are candidates (K > 0; the others have
+corr <= 0 anyway). Groups hold whole latents and about `pair_budget` pairs each; each
+latent keeps its `top` best candidates.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ghosttrack.tracks.codes import SparseCodes
-from ghosttrack.tracks.match import RunningTopN, concat_edges, topn_edges
+from ghosttrack.tracks.match import concat_edges
 
 
 @torch.no_grad()
@@ -46,31 +48,40 @@ def encode_rows(store, layer: int, sae, chunks: np.ndarray, *, skip_flagged: boo
     return codes, (torch.cat(norms) if norms else torch.zeros(0, device=device))
 
 
-def _block_sums(a_rows: Tensor, a_feat: Tensor, a_val: Tensor, s0: int, b: SparseCodes, C: Tensor, K: Tensor,
-                pair_budget: int) -> None:
-    """Add sum a_s * b_t into C and the co-firing counts into K for the given source entries.
+def _pair_sums(a_rows: Tensor, a_feat: Tensor, a_val: Tensor, b: SparseCodes) -> tuple[Tensor, Tensor, Tensor]:
+    """The co-firing pairs of the given source entries, summed: (key = src * H_b + dst ascending,
+    sum of a_src * b_dst over rows, rows where both fired); memory follows the number of pairs.
 
-    Every source entry (row r, latent s, value v) pairs with each entry of row r in b; the pairs
-    are expanded in slices of about pair_budget so the temporary arrays stay bounded.
+    Every source entry (row r, latent s, value v) pairs with each entry of row r in b.
     """
-    H_b = b.n_features
-    counts_b = b.row_ptr.diff()
-    n_pairs_e = counts_b[a_rows]
-    ends = n_pairs_e.cumsum(0)
-    total = int(ends[-1]) if ends.numel() else 0
-    e0 = 0
-    while e0 < a_rows.numel() and total:
-        done = int(ends[e0 - 1]) if e0 else 0
-        e1 = int(torch.searchsorted(ends, done + pair_budget, right=True))
-        e1 = max(e1, e0 + 1)
-        cnt = n_pairs_e[e0:e1]
-        rep = torch.repeat_interleave(torch.arange(e1 - e0, device=cnt.device), cnt)
-        first = cnt.cumsum(0) - cnt
-        bi = b.row_ptr[a_rows[e0:e1]][rep] + (torch.arange(rep.numel(), device=cnt.device) - first[rep])
-        target = (a_feat[e0:e1][rep] - s0) * H_b + b.feat[bi]
-        C.view(-1).index_add_(0, target, (a_val[e0:e1][rep] * b.val[bi]).to(C.dtype))
-        K.view(-1).index_add_(0, target, torch.ones_like(target))
-        e0 = e1
+    cnt = b.row_ptr.diff()[a_rows]
+    rep = torch.repeat_interleave(torch.arange(a_rows.numel(), device=cnt.device), cnt)
+    first = cnt.cumsum(0) - cnt
+    bi = b.row_ptr[a_rows][rep] + (torch.arange(rep.numel(), device=cnt.device) - first[rep])
+    key = a_feat[rep] * b.n_features + b.feat[bi]
+    keys, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    sums = torch.zeros(keys.numel(), dtype=torch.float64, device=key.device)
+    sums.index_add_(0, inverse, (a_val[rep] * b.val[bi]).double())
+    both = torch.zeros(keys.numel(), dtype=torch.long, device=key.device)
+    both.index_add_(0, inverse, torch.ones_like(inverse))
+    return keys, sums, both
+
+
+def _feature_groups(a_feat: Tensor, pairs_e: Tensor, n_features: int, pair_budget: int) -> list[tuple[int, int]]:
+    """Entry ranges [e0, e1) covering whole latents, each with about pair_budget pairs at most
+    (a latent with more pairs than that is a range of its own)."""
+    per_feat = torch.zeros(n_features, dtype=torch.long, device=a_feat.device).index_add_(0, a_feat, pairs_e)
+    cum = per_feat.cumsum(0)
+    f_ptr = torch.searchsorted(a_feat, torch.arange(n_features + 1, device=a_feat.device)).tolist()
+    groups, f0 = [], 0
+    while f0 < n_features:
+        before = int(cum[f0 - 1]) if f0 else 0
+        f1 = max(int(torch.searchsorted(cum, before + pair_budget, right=True)), f0 + 1)
+        f1 = min(f1, n_features)
+        if f_ptr[f1] > f_ptr[f0]:
+            groups.append((f_ptr[f0], f_ptr[f1]))
+        f0 = f1
+    return groups
 
 
 def feature_moments(codes: SparseCodes) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,48 +95,49 @@ def feature_moments(codes: SparseCodes) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def coactivation_edges(a: SparseCodes, b: SparseCodes, top: int, *, src_block: int | None = None,
-                       tile_bytes: int = 256 << 20, pair_budget: int = 1 << 22, progress: bool = True,
-                       desc: str = "co-activation") -> dict[str, np.ndarray]:
+def coactivation_edges(a: SparseCodes, b: SparseCodes, top: int, *, pair_budget: int = 1 << 22,
+                       progress: bool = True, desc: str = "co-activation") -> dict[str, np.ndarray]:
     """Each latent of `a`'s top-`top` latents of `b` by activation correlation over the shared rows.
 
     Returns edge columns src, dst, score (the correlation), rank, coact_jaccard and coact_count.
+    Only co-firing pairs are ever formed: the work and memory follow the pairs, not H_a x H_b.
     """
     if a.n_rows != b.n_rows:
         raise ValueError(f"the two layers' codes cover different rows ({a.n_rows} vs {b.n_rows})")
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    n, H_a, H_b, dev = a.n_rows, a.n_features, b.n_features, a.val.device
-    top = min(top, H_b)
-    src_block = src_block or max(1, tile_bytes // (H_b * 8 * 3))
+    n, H_a, H_b, dev = max(a.n_rows, 1), a.n_features, b.n_features, a.val.device
     sum_a, sq_a, cnt_a = feature_moments(a)
     sum_b, sq_b, cnt_b = feature_moments(b)
-    nn_ = max(n, 1)
-    mean_a, mean_b = sum_a / nn_, sum_b / nn_
-    std_a = (sq_a / nn_ - mean_a * mean_a).clamp_min(0).sqrt()
-    std_b = (sq_b / nn_ - mean_b * mean_b).clamp_min(0).sqrt()
-    # Source entries grouped by latent, so a block of latents is one contiguous slice.
+    mean_a, mean_b = sum_a / n, sum_b / n
+    std_a = (sq_a / n - mean_a * mean_a).clamp_min(0).sqrt()
+    std_b = (sq_b / n - mean_b * mean_b).clamp_min(0).sqrt()
+    # Source entries grouped by latent, so a group of latents is one contiguous slice of entries.
     order = torch.argsort(a.feat, stable=True)
     a_rows, a_feat, a_val = a.entry_rows()[order], a.feat[order], a.val[order]
-    f_ptr = torch.searchsorted(a_feat, torch.arange(H_a + 1, device=dev)).tolist()
+    pairs_e = b.row_ptr.diff()[a_rows]
     parts = []
-    for s0 in tqdm(range(0, H_a, src_block), desc=desc, unit="block", disable=not progress):
-        s1 = min(H_a, s0 + src_block)
-        C = torch.zeros((s1 - s0, H_b), dtype=torch.float64, device=dev)
-        K = torch.zeros((s1 - s0, H_b), dtype=torch.long, device=dev)
-        e0, e1 = f_ptr[s0], f_ptr[s1]
-        _block_sums(a_rows[e0:e1], a_feat[e0:e1], a_val[e0:e1], s0, b, C, K, pair_budget)
-        cov = C.div_(nn_).sub_(mean_a[s0:s1, None] * mean_b[None, :])
-        denom = std_a[s0:s1, None] * std_b[None, :]
-        corr = torch.where((K > 0) & (denom > 0), cov / denom.clamp_min(1e-300), -torch.inf).float()
-        best = RunningTopN(s1 - s0, top, dev)
-        best.update(corr, 0)
-        edges = topn_edges(best.values, best.index, s0)
-        rows = torch.from_numpy(edges["src"].astype(np.int64) - s0).to(dev)
-        cols = torch.from_numpy(edges["dst"].astype(np.int64)).to(dev)
-        both = K[rows, cols]
-        union = cnt_a[s0:s1][rows] + cnt_b[cols] - both
-        edges["coact_jaccard"] = (both.double() / union.clamp_min(1)).float().cpu().numpy()
-        edges["coact_count"] = both.cpu().numpy().astype(np.int64)
-        parts.append(edges)
+    for e0, e1 in tqdm(_feature_groups(a_feat, pairs_e, H_a, pair_budget), desc=desc, unit="block",
+                       disable=not progress):
+        keys, sums, both = _pair_sums(a_rows[e0:e1], a_feat[e0:e1], a_val[e0:e1], b)
+        src, dst = keys // H_b, keys % H_b
+        denom = std_a[src] * std_b[dst]
+        corr = (sums / n - mean_a[src] * mean_b[dst]) / denom.clamp_min(1e-300)
+        ok = denom > 0  # a latent with constant activation has no correlation
+        src, dst, corr, both = src[ok], dst[ok], corr[ok], both[ok]
+        # Per source: highest correlation first (ties: the lower dst, already ascending inside a source).
+        by = torch.argsort(corr, descending=True, stable=True)
+        by = by[torch.argsort(src[by], stable=True)]
+        src, dst, corr, both = src[by], dst[by], corr[by], both[by]
+        start = torch.ones_like(src, dtype=torch.bool)
+        start[1:] = src[1:] != src[:-1]
+        group_start = torch.cummax(torch.where(start, torch.arange(src.numel(), device=dev), 0), 0).values
+        rank = torch.arange(src.numel(), device=dev) - group_start
+        keep = rank < top
+        src, dst, corr, both, rank = src[keep], dst[keep], corr[keep], both[keep], rank[keep]
+        union = cnt_a[src] + cnt_b[dst] - both
+        parts.append({"src": src.cpu().numpy().astype(np.int32), "dst": dst.cpu().numpy().astype(np.int32),
+                      "score": corr.float().cpu().numpy(), "rank": rank.cpu().numpy().astype(np.int16),
+                      "coact_jaccard": (both.double() / union.clamp_min(1)).float().cpu().numpy(),
+                      "coact_count": both.cpu().numpy().astype(np.int64)})
     return concat_edges(parts)

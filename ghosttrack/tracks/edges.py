@@ -164,7 +164,7 @@ def run_matching(sae_dir: str | Path, out: str | Path, *, store_path: str | Path
                 raise GhostTrackError(f"no held-out row of store {store.path} is usable for layers {i} and {j}; "
                                       f"extract more tokens, or match without --store")
             edges = coactivation_edges(codes_a.select_rows(keep), codes_b.select_rows(keep), top,
-                                       src_block=None, progress=progress, desc=f"co-activation {i}->{j}")
+                                       progress=progress, desc=f"co-activation {i}->{j}")
             edges.update(decoder_pair_columns(dec_a, dec_b, edges["src"], edges["dst"]))
         write_edges(edge_file(out, i, j), edges, {"src_layer": i, "dst_layer": j, "method": summary["method"],
                                                   "top": top})

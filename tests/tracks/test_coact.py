@@ -30,15 +30,15 @@ def dense_coactivation(A: np.ndarray, B: np.ndarray, top: int):
     return np.take_along_axis(corr, idx, 1), idx, both
 
 
-@pytest.mark.parametrize("budget,block", [(1 << 22, None), (7, 5)])
-def test_sparse_coactivation_equals_dense(budget, block):
+@pytest.mark.parametrize("budget", [1 << 22, 7, 1])
+def test_sparse_coactivation_equals_dense(budget):
     rng = np.random.default_rng(0)
     A = np.where(rng.random((300, 19)) < 0.2, rng.random((300, 19)), 0).astype(np.float32)
     B = np.where(rng.random((300, 23)) < 0.15, rng.random((300, 23)), 0).astype(np.float32)
     B[:, 3] = A[:, 5] * 2  # a perfectly correlated pair
     A[:, 7] = 0  # a dead latent has no candidates
     edges = coactivation_edges(SparseCodes.from_dense(torch.from_numpy(A)), SparseCodes.from_dense(torch.from_numpy(B)),
-                               4, src_block=block, pair_budget=budget, progress=False)
+                               4, pair_budget=budget, progress=False)
     vals, idx, both = dense_coactivation(A.astype(np.float64), B.astype(np.float64), 4)
     for s in range(19):
         mine = edges["src"] == s
