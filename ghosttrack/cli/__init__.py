@@ -201,7 +201,9 @@ def _repair(extractor, plan, out: Path, batch_size: int, *, progress: bool) -> N
         return
     click.echo(f"repairing {len(report.damaged_chunks)} damaged chunk(s) of {out}: "
                f"{', '.join(map(str, report.damaged_chunks))}", err=True)
-    extractor.repair(plan, report.damaged_chunks, batch_size=batch_size, progress=progress)
+    from ghosttrack.extract.repair import repair_chunks
+
+    repair_chunks(extractor, plan, report.damaged_chunks, batch_size=batch_size, progress=progress)
     again = verify_store(out)
     if not again.healthy:
         raise GhostTrackError(f"store {out} is still damaged after the repair ({len(again.damaged)} chunk file(s)): "

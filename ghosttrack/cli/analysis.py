@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import (config_option, corpus_options, local_output, parse_token_count,
+from ghosttrack.cli.common import (config_option, corpus_options, local_output, parse_token_count, token_count,
                                    save_resolved_config)
 from ghosttrack.errors import GhostTrackError
 
@@ -169,7 +169,7 @@ def _load_records(path: Path) -> list[dict]:
 @click.option("--model", default=None, help="HF hub id, model directory or .gguf file (default: the SAE's model_name).")
 @click.option("--gguf", default=None, help="GGUF file name inside --model's directory.")
 @corpus_options
-@click.option("--tokens", default="200k", show_default=True, callback=lambda ctx, param, v: parse_token_count(v),
+@click.option("--tokens", default="200k", show_default=True, callback=token_count,
               help="Held-out tokens to evaluate: 200k, 1M, 4096.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per packed sequence.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")

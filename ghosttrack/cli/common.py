@@ -11,6 +11,16 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.run_config import (CONFIG_FILENAME, parse_layers, parse_token_count,  # noqa: F401 - re-exported
                                   save_resolved_config)
 
+def token_count(ctx: click.Context, param: click.Parameter, value: str | int | None) -> int | None:
+    """Click callback for token-count options: the error names the option (click.BadParameter)."""
+    if value is None:
+        return None
+    try:
+        return parse_token_count(value)
+    except GhostTrackError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
 def corpus_options(func):
     """The corpus options, shared by `extract`, `run` and `evaluate`."""
     options = [

@@ -274,12 +274,6 @@ class HiddenStateExtractor:
             StoreWriter.finalize(self.out, world_size)
         return self.out
 
-    def repair(self, plan: ExtractionPlan, chunks: list[int], *, batch_size: int = 8, progress: bool = True) -> int:
-        """Re-extract committed `chunks` of the store in place (see ghosttrack.extract.repair)."""
-        from ghosttrack.extract.repair import repair_chunks
-
-        return repair_chunks(self, plan, chunks, batch_size=batch_size, progress=progress)
-
     def _save_tokenizer(self) -> None:
         """Interpretation rebuilds contexts from token ids without the model: keep the tokenizer beside them."""
         final = self.out / TOKENIZER_DIR
