@@ -215,7 +215,7 @@ def check_reachable(location: Location, *, for_writing: bool) -> None:
         return
     bucket = location.key.split("/", 1)[0]
     try:
-        location.fs.ls(bucket + "/", detail=False)
+        location.fs.info(bucket)  # one HEAD of the bucket, whatever it holds
     except FileNotFoundError:
         raise StoreError(f"bucket {bucket} of {location} does not exist (or is not visible with these "
                          "credentials); create it or fix the URL") from None

@@ -28,7 +28,7 @@ def repair_chunks(extractor, plan: ExtractionPlan, chunks: list[int], *, batch_s
     writer = StoreWriter.open(
         extractor.out, layers=plan.layers, d_model=extractor.loaded.d_model, target_tokens=plan.target_tokens,
         chunk_tokens=plan.chunk_tokens, attrs=store_attrs(extractor.loaded, plan, extractor.corpus.describe()),
-        mode="resume", dtype=STORE_DTYPE_NAMES[plan.store_dtype],
+        mode="resume", dtype=STORE_DTYPE_NAMES[plan.store_dtype], shard_chunks=plan.shard_chunks,
     )
     spc, committed = plan.sequences_per_chunk, writer.committed_tokens
     n_total = committed // plan.seq_len

@@ -20,7 +20,7 @@ class TrainerConfig:
     """Passes over the layer's training rows (fractions allowed: 2.5 stops half-way through the third)."""
     batch_size: int = 4096
     """Rows per optimisation step and process (W data-parallel processes train like one with W x this)."""
-    lr_schedule: str = field(default="cosine", metadata={"choices": SCHEDULES})
+    lr_schedule: str = field(default="constant-decay", metadata={"choices": SCHEDULES})
     """After the warm-up: constant-decay (constant, then a linear decay over the last decay_fraction of
     the steps) or cosine (a cosine decay over all of them)."""
     warmup_fraction: float = field(default=0.02, metadata={"flag": "--warmup"})

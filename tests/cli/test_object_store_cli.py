@@ -146,6 +146,21 @@ def test_bad_store_urls_are_one_line_errors_before_any_work(tiny_gpt2_dir, corpu
         assert "written to a local folder" in result.output, result.output
     assert not list(tmp_path.iterdir())
 
+    # No credentials anywhere: one line naming the variables to set.
+    import s3fs
+    with monkeypatch.context() as mp:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        mp.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            result = _run("info", f"s3://{s3_bucket}/run")
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in result.output, result.output
+
     # A scheme whose package is missing names the pip extra.
     import importlib.util
     real_find_spec = importlib.util.find_spec
@@ -191,6 +206,18 @@ def test_sharded_extraction_into_s3_holds_the_rows_of_the_plain_store_in_fewer_o
         np.testing.assert_array_equal(a.read_rows(layer, 0, a.n_tokens), b.read_rows(layer, 0, b.n_tokens))
     np.testing.assert_array_equal(a.tokens(), b.tokens())
     assert _run("verify", s3_url).exit_code == 0
+    # A damaged shard: verify names it, --resume --repair re-extracts it to the same bytes.
+    from ghosttrack.store.location import as_location
+    shard = as_location(s3_url) / "layers/2/c/1/0"
+    raw = bytearray(shard.read_bytes())
+    raw[500] ^= 0x08
+    shard.write_bytes(bytes(raw))
+    damaged = _run("verify", s3_url)
+    assert damaged.exit_code == 2 and "layers/2 chunk 1" in damaged.output, damaged.output
+    repaired = _run(*_extract_args(tiny_gpt2_dir, corpus_file, s3_url, "--chunk-tokens", "64", "--shard-chunks", "4",
+                                   "--resume", "--repair"))
+    assert repaired.exit_code == 0, repaired.output
+    assert object_bytes(s3_url) == objects
     again = _run(*_extract_args(tiny_gpt2_dir, corpus_file, s3_url, "--chunk-tokens", "64", "--shard-chunks", "4",
                                 "--resume"))
     assert again.exit_code == 0 and "already complete" in again.output
