@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, find_blocks, replace_residual
 from ghosttrack.metrics import ReconstructionStats
+from ghosttrack.store.stats import MAX_NORM_RATIO
 
 
 @dataclass
@@ -42,7 +43,7 @@ class EvalConfig:
     """Tokens per packed sequence."""
     batch_size: int = 8
     """Sequences per forward pass."""
-    max_norm_ratio: float | None = 3.0
+    max_norm_ratio: float | None = MAX_NORM_RATIO
     """Rows with norm > this x the median norm are left unspliced (attention sinks); None: no limit."""
     median_norm: float | None = None
     """The median norm of that rule: the one the SAE was trained with (from its cfg.json, taken over its

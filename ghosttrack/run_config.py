@@ -12,6 +12,11 @@ from ghosttrack.errors import GhostTrackError
 CONFIG_FILENAME = "config.json"
 
 
+def layer_dir(root: str | Path, layer: int) -> Path:
+    """Where a run keeps what belongs to one layer (an SAE, an interpretation): ROOT/layer_<i>."""
+    return Path(root) / f"layer_{layer}"
+
+
 def parse_token_count(text: str | int) -> int:
     """'10M' -> 10_000_000, '200k' -> 200_000, '1.5m' -> 1_500_000, '4096' -> 4096."""
     if isinstance(text, int):

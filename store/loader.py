@@ -34,7 +34,7 @@ from .background import in_background
 from .errors import StoreError
 from .mixing import mix_rows
 from .reader import ActivationStore
-from .stats import LayerStats, scan_layer
+from .stats import MAX_NORM_RATIO, LayerStats, scan_layer
 from .transfer import HostToDevice
 
 _SPLIT_STREAM = 2**32 - 1  # seeds the split; epochs use (seed, epoch) and never reach this
@@ -57,7 +57,7 @@ class LoaderConfig:
     """Seeds the split, the chunk order of each epoch and the mixing."""
     skip_flagged: bool = True
     """Leave out position-0 rows (attention sinks with huge norms)."""
-    max_norm_ratio: float | None = 3.0
+    max_norm_ratio: float | None = MAX_NORM_RATIO
     """Leave out rows whose L2 norm exceeds this times the median row norm (None: keep all)."""
     prefetch_chunks: int = 2
     """Chunks whose reading is started ahead of the one being mixed (the OS's read-ahead for local

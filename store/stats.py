@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 from .errors import StoreError
 from .reader import ActivationStore
 
+MAX_NORM_RATIO = 3.0
+"""The default outlier rule: attention sinks (EOS separators and the tokens after them) have norms
+60-130x the median; ordinary rows stay well under 3x. Training, interpretation and evaluation share it."""
 _BLOCK_ROWS = 8192  # float32 copies of this many rows stay small and cache-friendly
 
 
@@ -73,7 +76,7 @@ _SCAN_AHEAD = 4
 
 
 def scan_layer(store: ActivationStore, layer: int, *, skip_flagged: bool = True,
-               max_norm_ratio: float | None = 3.0, skip_positions: tuple[int, ...] = (),
+               max_norm_ratio: float | None = MAX_NORM_RATIO, skip_positions: tuple[int, ...] = (),
                allow_nonfinite: bool = False, progress: bool = True, median_chunks=None,
                median_norm: float | None = None) -> LayerStats:
     """Read every committed chunk of ``layer`` once and decide which rows training keeps.

@@ -9,9 +9,8 @@ import click
 
 from ghosttrack.cli.common import config_option, corpus_options, parse_layers, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.store.errors import StoreError
-
-INTERRUPTED_EXIT = 130
 
 
 class GhostTrackGroup(click.Group):

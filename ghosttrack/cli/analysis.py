@@ -9,6 +9,7 @@ import click
 from ghosttrack.cli.common import (config_option, corpus_options, local_output, parse_token_count, token_count,
                                    save_resolved_config)
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.store.stats import MAX_NORM_RATIO
 
 
 def _ratio(value: float | None) -> float | None:
@@ -78,7 +79,7 @@ def _default_device() -> str:
               help="Tokens of context shown before the activating token.")
 @click.option("--context-after", type=click.IntRange(min=0), default=4, show_default=True,
               help="Tokens of context shown after it.")
-@click.option("--max-norm-ratio", type=click.FloatRange(min=0), default=3.0, show_default=True,
+@click.option("--max-norm-ratio", type=click.FloatRange(min=0), default=MAX_NORM_RATIO, show_default=True,
               help="Skip rows whose norm exceeds this x the median (attention sinks), as training does; 0: keep all.")
 @click.option("--include-flagged", is_flag=True, help="Also scan position-0 rows (skipped by default).")
 @click.option("--skip-positions", default=None, callback=_positions, help=SKIP_POSITIONS_HELP)
@@ -216,7 +217,7 @@ def evaluate(**options) -> None:
         raise GhostTrackError("the SAE's metadata names no model; pass --model")
     # The outlier rule the SAE was trained with: its ratio (unless --max-norm-ratio) and its training median.
     rule = trained_norm_rule(sae.metadata)
-    ratio = _ratio(options["max_norm_ratio"]) if options["max_norm_ratio"] is not None else (rule[0] if rule else 3.0)
+    ratio = _ratio(options["max_norm_ratio"]) if options["max_norm_ratio"] is not None else (rule[0] if rule else MAX_NORM_RATIO)
     median = rule[1] if rule else None
     if rule is None and ratio is not None:
         click.echo("note: the SAE does not record its training norm rule; each batch's median norm is used", err=True)

@@ -9,11 +9,10 @@ import click
 from ghosttrack.cli.common import config_option, local_output
 from ghosttrack.cli.options import apply, dataclass_options
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.sae.base import ARCHITECTURES
 from ghosttrack.sae.config import architecture as _load_registry  # noqa: F401 - fills ARCHITECTURES
 from ghosttrack.train.config import TrainerConfig
-
-INTERRUPTED_EXIT = 130
 
 
 def _architecture_options() -> list:

@@ -35,7 +35,7 @@ def separator_token_id(tokenizer) -> int | None:
     return None
 
 
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while batch := list(islice(it, size)):
         yield batch
@@ -98,7 +98,7 @@ def _pack(texts: Iterable[str], tokenizer, seq_len: int, batch_docs: int,
     # The stream's pieces: (stream offset, document, token offset in that document) where each starts.
     tail_pieces: list[tuple[int, int, int]] = []
     doc, skip = start.doc, start.offset
-    for docs in _batched(texts, batch_docs):
+    for docs in batched(texts, batch_docs):
         parts, pieces, at = [tail], list(tail_pieces), len(tail)
         for ids in tokenize_documents(tokenizer, docs):
             tokens = np.concatenate([np.asarray(ids, dtype=np.int32), sep_1])[skip:]
@@ -141,4 +141,4 @@ def pack_batches(texts: Iterable[str], tokenizer, seq_len: int, batch_size: int,
         raise GhostTrackError(f"max_sequences must be >= 0, got {max_sequences}")
     stop = None if max_sequences is None else skip_sequences + max_sequences
     sequences = islice(pack_sequences(texts, tokenizer, seq_len), skip_sequences, stop)
-    return (np.stack(group) for group in _batched(sequences, batch_size))
+    return (np.stack(group) for group in batched(sequences, batch_size))

@@ -25,7 +25,7 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
 from ghosttrack.extract.models import LoadedModel
-from ghosttrack.corpus.packing import pack_with_positions
+from ghosttrack.corpus.packing import batched, pack_with_positions
 from ghosttrack.extract.resume_point import drop_resume_point, read_resume_point, write_resume_point
 from ghosttrack.store.location import as_location, is_remote, upload_folder
 from ghosttrack.store.background import in_background
@@ -138,11 +138,6 @@ def _owned_sequences(
             yield index, ids
 
 
-def _batched(items: Iterator, size: int) -> Iterator[list]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
-
-
 class HiddenStateExtractor:
     """Writes residual-stream activations of `model_wrapper` on `corpus` into one activation store.
 
@@ -251,7 +246,7 @@ class HiddenStateExtractor:
                                 check_batch=lambda counts: check_finite(counts, plan), max_pending=pending,
                                 device=self.loaded.device, after_append=record)
         # Tokenizing and packing run on a thread, a few batches ahead of the forward passes.
-        batches = in_background(lambda: _batched(owned, batch_size), depth=TOKENIZED_AHEAD, name="ghosttrack-tokenize")
+        batches = in_background(lambda: batched(owned, batch_size), depth=TOKENIZED_AHEAD, name="ghosttrack-tokenize")
         try:
             for batch in batches:
                 if stop.requested:
@@ -363,7 +358,3 @@ def check_finite(counts_L2: np.ndarray, plan: ExtractionPlan) -> None:
                 f"{after_cast:,} activation values of layer {layer} exceed {plan.store_dtype}'s range (+-{limit:.6g}) "
                 f"and would be stored as inf; the store keeps its last commit; re-extract with --store-dtype fp32 "
                 f"--overwrite (or into another --out)")
-
-
-def plan_to_dict(plan: ExtractionPlan) -> dict:
-    return asdict(plan)

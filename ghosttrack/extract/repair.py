@@ -11,9 +11,9 @@ import itertools
 import numpy as np
 from tqdm.auto import tqdm
 
-from ghosttrack.corpus.packing import pack_sequences
+from ghosttrack.corpus.packing import batched, pack_sequences
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.extract.extractor import STORE_DTYPE_NAMES, ExtractionPlan, _batched, check_finite, store_attrs
+from ghosttrack.extract.extractor import STORE_DTYPE_NAMES, ExtractionPlan, check_finite, store_attrs
 from ghosttrack.extract.hooks import check_layers
 from ghosttrack.store.writer import StoreWriter
 
@@ -42,7 +42,7 @@ def repair_chunks(extractor, plan: ExtractionPlan, chunks: list[int], *, batch_s
         needed = {s // batch_size for c in pending for s in range(c * spc, min((c + 1) * spc, n_total))}
         last_sequence = {c: min((c + 1) * spc, n_total) - 1 for c in pending}
         sequences = pack_sequences(extractor.corpus.get_texts(), extractor.loaded.tokenizer, plan.seq_len)
-        batches = _batched(enumerate(itertools.islice(sequences, n_total)), batch_size)
+        batches = batched(enumerate(itertools.islice(sequences, n_total)), batch_size)
         rows: dict[int, _Collected] = {}
         for index, batch in enumerate(tqdm(batches, total=max(needed) + 1 if needed else 0, desc="repair",
                                            unit="batch", disable=not progress)):

@@ -29,6 +29,8 @@ from ghosttrack.interpret.outputs import (density_histogram, print_feature_summa
 from ghosttrack.interpret.quantiles import quantile_edges, quantile_examples
 from ghosttrack.interpret.scan import FeatureStats, LogBins, run_pass
 from ghosttrack.interpret.tokens import TokenDecoder, load_store_tokenizer
+from ghosttrack.run_config import layer_dir
+from ghosttrack.store.stats import MAX_NORM_RATIO
 
 __all__ = ["FeatureInterpreter", "InterpretConfig", "analyze_sae", "check_inputs", "density_histogram", "open_store",
            "print_feature_summary", "sae_layer", "trimmed_histogram", "write_records"]
@@ -48,7 +50,7 @@ class InterpretConfig:
     """Tokens of context shown after it."""
     skip_flagged: bool = True
     """Skip rows flagged by the store (position 0: attention sinks), as training does."""
-    max_norm_ratio: float | None = 3.0
+    max_norm_ratio: float | None = MAX_NORM_RATIO
     """Skip rows whose norm exceeds this x the layer's median norm (the loader's rule); None keeps all."""
     skip_positions: tuple[int, ...] | None = None
     """Sequence positions left out besides position 0; None: those the SAE was trained without."""
@@ -379,7 +381,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
     interpreter.run()
     summary = interpreter.summary()
     summary["sae_path"] = str(sae_path)
-    directory = Path(out) / f"layer_{interpreter.layer}"
+    directory = layer_dir(out, interpreter.layer)
     directory.mkdir(parents=True, exist_ok=True)
     browser = BrowserWriter(directory) if config.html else None
 

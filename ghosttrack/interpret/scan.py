@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interpret.sampling import UniformSample
+from ghosttrack.store.stats import MAX_NORM_RATIO, scan_layer
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def run_pass(
     batch_size: int = 4096,
     device: torch.device | str = "cpu",
     skip_flagged: bool = True,
-    max_norm_ratio: float | None = 3.0,
+    max_norm_ratio: float | None = MAX_NORM_RATIO,
     skip_positions: tuple[int, ...] = (),
     bins: LogBins = LogBins(),
     sample_size: int = 0,
@@ -259,8 +260,6 @@ def run_pass(
     rows (flagged attention sinks), rows at `skip_positions`, and rows whose norm exceeds
     `max_norm_ratio` x the median norm; a layer with NaN/inf rows is refused there.
     """
-    from ghosttrack.store.stats import scan_layer
-
     if batch_size < 1:
         raise GhostTrackError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ghosttrack.train.schedule import SCHEDULES
+from ghosttrack.store.stats import MAX_NORM_RATIO
 
 DTYPES = ("auto", "float32", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -64,7 +65,7 @@ class TrainerConfig:
     """The loader mixes rows in a buffer of this many batches (>= 8)."""
     skip_flagged: bool = field(default=True, metadata={"flag": "--keep-flagged", "invert": True})
     """Skip position-0 rows (attention sinks) in training and metrics (--keep-flagged trains on them too)."""
-    max_norm_ratio: float | None = 3.0
+    max_norm_ratio: float | None = MAX_NORM_RATIO
     """Skip rows whose norm exceeds this multiple of the median norm of the training rows (attention
     sinks); 0 or None keeps all. Skipped rows are counted in history.json, never removed from the store."""
     skip_positions: str = ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ghosttrack.sae.files import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
-from ghosttrack.run_config import CONFIG_FILENAME, parse_layers, save_resolved_config
+from ghosttrack.run_config import CONFIG_FILENAME, layer_dir, parse_layers, save_resolved_config
 from ghosttrack.config_fields import values_for
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.base import ARCHITECTURES
@@ -29,10 +29,6 @@ from ghosttrack.train.config import TrainerConfig
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.
 NOT_SAVED = ("resume", "overwrite", "config")
-
-
-def layer_dir(out: str | Path, layer: int) -> Path:
-    return Path(out) / f"layer_{layer}"
 
 
 def open_training_store(path: str | Path) -> ActivationStore:
