@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ghosttrack.tracks.codes import SparseCodes
+from ghosttrack.tracks.codes import SparseCodes, one_cpu_thread
 from ghosttrack.tracks.match import concat_edges
 
 
@@ -102,6 +102,12 @@ def coactivation_edges(a: SparseCodes, b: SparseCodes, top: int, *, pair_budget:
     Returns edge columns src, dst, score (the correlation), rank, coact_jaccard and coact_count.
     Only co-firing pairs are ever formed: the work and memory follow the pairs, not H_a x H_b.
     """
+    with one_cpu_thread(a.val.device):
+        return _coactivation_edges(a, b, top, pair_budget, progress, desc)
+
+
+def _coactivation_edges(a: SparseCodes, b: SparseCodes, top: int, pair_budget: int, progress: bool,
+                        desc: str) -> dict[str, np.ndarray]:
     if a.n_rows != b.n_rows:
         raise ValueError(f"the two layers' codes cover different rows ({a.n_rows} vs {b.n_rows})")
     if top < 1:

@@ -18,15 +18,13 @@ Track ids: tracks of earlier layers first; inside a layer, by (token, latent).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ghosttrack.tracks.codes import SparseCodes
+from ghosttrack.tracks.codes import SparseCodes, one_cpu_thread
 
 
 @dataclass
@@ -115,21 +113,6 @@ class TrackResult:
         return out
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """The tracker is many small ops: on a busy CPU each multi-threaded op waits for free cores, and
-    one thread ran it 20-35x faster here (bench/bench_tracks.py, 2 shared cores)."""
-    if device.type != "cpu":
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _first_per_group(group: Tensor, score: Tensor, tiebreak: Tensor, n_groups: int) -> Tensor:
     """For every group id in [0, n_groups): the tiebreak value of its member of highest score
     (ties: the lowest tiebreak); -1 for empty groups."""
@@ -183,7 +166,7 @@ class HypothesisTracker:
     @torch.no_grad()
     def track(self, codes: dict[int, SparseCodes]) -> TrackResult:
         """The tracks of one sequence; codes[layer]: its tokens' active latents at that layer (rows = tokens)."""
-        with _one_cpu_thread(self.device):
+        with one_cpu_thread(self.device):
             return self._track(codes)
 
     def _track(self, codes: dict[int, SparseCodes]) -> TrackResult:
