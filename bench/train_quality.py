@@ -66,6 +66,9 @@ SUITES: dict[str, dict[str, dict]] = {
         "plain-topk-2ep": {"kind": "plain", "arch": "topk", "layer": 18, "epochs": 2, "k": 32, "lr": 1e-3},
         "saelens-own-2ep": peer("saelens", "own"), "saelens-ours-2ep": peer("saelens", "ours"),
         "sparsify-own-2ep": peer("sparsify", "own"), "sparsify-ours-2ep": peer("sparsify", "ours"),
+        # The chosen defaults against the best peer at a longer budget.
+        "topk-defaults-5ep": ours("topk", 18, 5, **{**BASE, "pre_encoder_bias": False}),
+        "sparsify-own-5ep": peer("sparsify", "own", epochs=5),
     },
     "archs": {f"{arch}-L{layer}-2ep": ours(arch, layer, 2, **{k: v for k, v in BASE.items() if k != "k"})
               for layer in (18, 6) for arch in ("relu", "jumprelu", "topk")},
@@ -73,8 +76,9 @@ SUITES: dict[str, dict[str, dict]] = {
     # little: under Adam a threshold moves about lr per step whatever the coefficient, so in a few hundred
     # steps it cannot climb far from its start. A higher start aims at the seed's 50-100 band.
     "jumprelu": {"jumprelu-L18-l0-3.0-2ep": ours("jumprelu", 18, 2, l0=3.0, **{k: v for k, v in BASE.items() if k != "k"}),
-                 "jumprelu-L18-init0.5-2ep": ours("jumprelu", 18, 2, init_threshold=0.5,
-                                                  **{k: v for k, v in BASE.items() if k != "k"})},
+                 **{f"jumprelu-L{layer}-init0.5-2ep": ours("jumprelu", layer, 2, init_threshold=0.5,
+                                                           **{k: v for k, v in BASE.items() if k != "k"})
+                    for layer in (18, 6)}},
 }
 
 
