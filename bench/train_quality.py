@@ -58,6 +58,8 @@ SUITES: dict[str, dict[str, dict]] = {
         # The pre-encoder bias pair again with another seed (another split, init and order).
         "topk-constant-decay-2ep-seed1": ours("topk", 18, 2, **{**BASE, "seed": 1}),
         "topk-no-pre-bias-2ep-seed1": ours("topk", 18, 2, **{**BASE, "pre_encoder_bias": False, "seed": 1}),
+        "topk-cosine-2ep-seed1": ours("topk", 18, 2, **{**BASE, "lr_schedule": "cosine", "seed": 1}),
+        "topk-no-pre-bias-1ep": ours("topk", 18, 1, **{**BASE, "pre_encoder_bias": False}),
         # AuxK counts a latent dead after 200k tokens by default: more than these budgets, so it never acts.
         "topk-auxk-dead20k-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000}),
         "topk-auxk-dead20k-coeff1-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000, "aux_coeff": 1.0}),
