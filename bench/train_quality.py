@@ -209,7 +209,7 @@ def main() -> None:
             if spec["kind"] in ("saelens", "sparsify"):
                 result = run_peer(spec, args)
             else:
-                rows = TrainingRows(args.store, spec["layer"], BATCH)
+                rows = TrainingRows(args.store, spec["layer"], BATCH, seed=spec.get("options", {}).get("seed", 0))
                 result = (run_plain(spec, rows, args) if spec["kind"] == "plain"
                           else run_ours(spec, rows, args, Path(args.out) / "sae" / name))
             record = {"name": name, "suite": spec["suite"], "spec": spec, "command": " ".join(sys.argv), "threads": torch.get_num_threads(),
