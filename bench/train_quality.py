@@ -60,6 +60,10 @@ SUITES: dict[str, dict[str, dict]] = {
         "topk-no-pre-bias-2ep-seed1": ours("topk", 18, 2, **{**BASE, "pre_encoder_bias": False, "seed": 1}),
         "topk-cosine-2ep-seed1": ours("topk", 18, 2, **{**BASE, "lr_schedule": "cosine", "seed": 1}),
         "topk-no-pre-bias-1ep": ours("topk", 18, 1, **{**BASE, "pre_encoder_bias": False}),
+        # A third seed for the two comparisons that decided the defaults.
+        **{f"topk-{name}-2ep-seed2": ours("topk", 18, 2, **{**BASE, **opts, "seed": 2})
+           for name, opts in {"constant-decay": {}, "cosine": {"lr_schedule": "cosine"},
+                              "no-pre-bias": {"pre_encoder_bias": False}}.items()},
         # AuxK counts a latent dead after 200k tokens by default: more than these budgets, so it never acts.
         "topk-auxk-dead20k-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000}),
         "topk-auxk-dead20k-coeff1-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000, "aux_coeff": 1.0}),
@@ -71,6 +75,8 @@ SUITES: dict[str, dict[str, dict]] = {
         # The chosen defaults against the best peer at a longer budget.
         "topk-defaults-5ep": ours("topk", 18, 5, **{**BASE, "pre_encoder_bias": False}),
         "sparsify-own-5ep": peer("sparsify", "own", epochs=5),
+        "plain-topk-5ep": {"kind": "plain", "arch": "topk", "layer": 18, "epochs": 5, "k": 32, "lr": 1e-3},
+        "saelens-own-5ep": peer("saelens", "own", epochs=5),
     },
     "archs": {f"{arch}-L{layer}-2ep": ours(arch, layer, 2, **{k: v for k, v in BASE.items() if k != "k"})
               for layer in (18, 6) for arch in ("relu", "jumprelu", "topk")},
