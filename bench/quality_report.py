@@ -46,7 +46,7 @@ def _row(r: dict) -> str:
         return head + f" failed: {r['error']} | | | | | |"
     h, o = r["scores"]["held_out"], r["scores"]["other"]
     return head + (f" {h['fvu']:.4f} | {o['fvu']:.4f} | {h['l0']:.1f} / {o['l0']:.1f} | "
-                   f"{h['never_fired_fraction']:.1%} | {r['wall_s'] / 60:.1f} min |")
+                   f"{h['never_fired_fraction']:.1%} / {o['never_fired_fraction']:.1%} | {r['wall_s'] / 60:.1f} min |")
 
 
 def render(results_dir: Path, out_dir: Path, tag: str, machine: str) -> str:
@@ -59,7 +59,9 @@ def render(results_dir: Path, out_dir: Path, tag: str, machine: str) -> str:
              f"(8 x 576), batch 256 rows, every SAE on the same rows in the same order. Held-out: the training "
              f"store's validation chunks; other: every row of the other store (position 0 and rows over 3x the "
              f"median norm skipped in both). FVU pooled and centred (ghosttrack/metrics.py); L0 held-out / other; "
-             f"never fired: latents silent on every held-out row. Wall: training only.", ""]
+             f"never fired: latents silent on every held-out row / every other-corpus row. Wall: training only, on a "
+             f"2-core machine shared with other jobs whose load changed during the session (1-23): wall times "
+             f"are not comparable between runs.", ""]
     for suite in [*SUITE_TITLES, *sorted({r.get("suite", "other") for r in records} - set(SUITE_TITLES))]:
         rows = [r for r in records if r.get("suite", "other") == suite]
         if not rows:

@@ -66,7 +66,9 @@ SUITES: dict[str, dict[str, dict]] = {
                               "no-pre-bias": {"pre_encoder_bias": False}}.items()},
         # AuxK counts a latent dead after 200k tokens by default: more than these budgets, so it never acts.
         "topk-auxk-dead20k-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000}),
-        "topk-auxk-dead20k-coeff1-2ep": ours("topk", 18, 2, **{**BASE, "dead_tokens": 20_000, "aux_coeff": 1.0}),
+        # Every latent fired within 20k training tokens, so AuxK never acted there; 2k tokens makes it act.
+        "topk-no-pre-bias-auxk-dead2k-2ep": ours("topk", 18, 2, **{**BASE, "pre_encoder_bias": False,
+                                                                   "dead_tokens": 2_000}),
     },
     "peers": {
         "plain-topk-2ep": {"kind": "plain", "arch": "topk", "layer": 18, "epochs": 2, "k": 32, "lr": 1e-3},
