@@ -14,19 +14,17 @@ from typing import Any
 
 from ghosttrack.sae.base import ARCHITECTURES, Architecture
 
-# Modules of this package that are not architectures; every other one registers one on import,
-# so that adding an architecture is adding its file.
-_INFRASTRUCTURE = {"base", "config", "module", "files"}
-for _info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-    if _info.name not in _INFRASTRUCTURE:
-        importlib.import_module(f"ghosttrack.sae.{_info.name}")
+# Every module of the architectures package registers one architecture on import.
+_FOLDER = Path(__file__).parent / "architectures"
+for _info in pkgutil.iter_modules([str(_FOLDER)]):
+    importlib.import_module(f"ghosttrack.sae.architectures.{_info.name}")
 _ordered = sorted(ARCHITECTURES.values(), key=lambda arch: (arch.listing_order, arch.name))
 ARCHITECTURES.clear()
 ARCHITECTURES.update((arch.name, arch) for arch in _ordered)
 
-from ghosttrack.sae.jumprelu import JumpReluSAEConfig  # noqa: E402 - re-exported names
-from ghosttrack.sae.relu import ReluSAEConfig  # noqa: E402
-from ghosttrack.sae.topk import TopKSAEConfig  # noqa: E402
+from ghosttrack.sae.architectures.jumprelu import JumpReluSAEConfig  # noqa: E402 - re-exported names
+from ghosttrack.sae.architectures.relu import ReluSAEConfig  # noqa: E402
+from ghosttrack.sae.architectures.topk import TopKSAEConfig  # noqa: E402
 
 SAEConfig = Any  # any registered architecture's config dataclass (they share d_in, d_sae, to_dict)
 __all__ = ["JumpReluSAEConfig", "ReluSAEConfig", "SAEConfig", "TopKSAEConfig", "architecture",

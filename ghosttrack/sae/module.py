@@ -16,9 +16,9 @@ and b_dec learns through their input, on the reference and the fused path alike.
 it into b_enc (b_enc - b_dec @ W_enc), so a saved SAE always has the plain form above.
 
 The architecture-specific parts (activation, extra parameters, sparsity penalty, auxiliary
-loss) live in one module per architecture (relu.py, jumprelu.py, topk.py), found through the
-registry by the config's `architecture`, so the trainer calls the same `training_loss`
-whatever the SAE is.
+loss) live in one module per architecture (architectures/relu.py, jumprelu.py, topk.py),
+found through the registry by the config's `architecture`, so the trainer calls the same
+`training_loss` whatever the SAE is.
 """
 from __future__ import annotations
 
