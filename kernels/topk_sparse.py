@@ -91,9 +91,11 @@ def rowwise_dots(g_BD: Tensor, W_HD: Tensor, idx_BK: Tensor, use_sampled: bool |
     """out[b, j] = <g[b], W[idx[b, j]]> (indices distinct within a row).
 
     use_sampled: a sampled dense-dense product over the (B, H) pattern of idx (the CPU default:
-    B*k*D work, no (B, k, D) temporary), or blocked gathers + bmm (the GPU default).
+    B*k*D work, no (B, k, D) temporary), or blocked gathers + bmm (the GPU default). torch's
+    sampled product takes fp32/fp64 only, so 16-bit inputs always take the gathers.
     """
-    if use_sampled if use_sampled is not None else g_BD.device.type == "cpu":
+    sampled_dtype = g_BD.dtype in (torch.float32, torch.float64)
+    if sampled_dtype and (use_sampled if use_sampled is not None else g_BD.device.type == "cpu"):
         B, K = idx_BK.shape
         sorted_BK, order_BK = idx_BK.sort(dim=1)
         crow = torch.arange(0, B * K + 1, K, device=idx_BK.device)

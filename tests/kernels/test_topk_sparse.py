@@ -99,3 +99,18 @@ def test_rowwise_dots_both_paths_match_a_dense_product(use_sampled):
     W = torch.randn(H, D, generator=g)
     want = (grad @ W.t()).gather(1, idx)
     torch.testing.assert_close(rowwise_dots(grad, W, idx, use_sampled=use_sampled), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rowwise_dots_in_16_bit_on_the_cpu_match_fp32(dtype):
+    """The CPU default path (sampled product) does not take 16-bit inputs: they must still work."""
+    from ghosttrack.kernels.topk_sparse import rowwise_dots
+
+    g = torch.Generator().manual_seed(9)
+    B, K, D, H = 37, 5, 19, 50
+    idx = torch.stack([torch.randperm(H, generator=g)[:K] for _ in range(B)])
+    grad, W = torch.randn(B, D, generator=g).to(dtype), torch.randn(H, D, generator=g).to(dtype)
+    want = (grad.float() @ W.float().t()).gather(1, idx)
+    got = rowwise_dots(grad, W, idx)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=5e-2)
