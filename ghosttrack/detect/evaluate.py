@@ -123,13 +123,9 @@ def cross_validate(method: Method, labels: np.ndarray, groups: np.ndarray, folds
     return {"scores": scores, "chosen": chosen, "fold_aurocs": fold_aurocs}
 
 
-def evaluate_method(method: Method, labels: np.ndarray, groups: np.ndarray, *, n_folds: int = 5,
-                    inner_folds: int = 3, seed: int = 0, n_boot: int = 1000, split: str = "group") -> dict:
-    """In-distribution result of one method: pooled out-of-fold AUROC, its group-bootstrap CI, per-fold AUROCs."""
-    folds = make_folds(labels, groups, n_folds, seed, split)
-    result = cross_validate(method, labels, groups, folds, inner_folds=inner_folds, seed=seed, split=split)
-    scores = result["scores"]
-    fold_aurocs = np.asarray(result["fold_aurocs"])
+def _scored(method: Method, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, *, n_boot: int,
+            seed: int) -> dict:
+    """The record every result shares: the method, its AUROC on these scores and its group-bootstrap CI."""
     return {
         "name": method.name,
         "description": method.description,
@@ -137,10 +133,20 @@ def evaluate_method(method: Method, labels: np.ndarray, groups: np.ndarray, *, n
         "auroc_ci": list(group_bootstrap_ci(labels, scores, groups, n_boot=n_boot, seed=seed)),
         "n_test": int(len(labels)),
         "n_groups": int(len(np.unique(groups))),
-        "fold_auroc_mean": float(np.nanmean(fold_aurocs)),
-        "fold_auroc_sd": float(np.nanstd(fold_aurocs)),
-        "chosen": result["chosen"],
     }
+
+
+def evaluate_method(method: Method, labels: np.ndarray, groups: np.ndarray, *, n_folds: int = 5,
+                    inner_folds: int = 3, seed: int = 0, n_boot: int = 1000, split: str = "group") -> dict:
+    """In-distribution result of one method: pooled out-of-fold AUROC, its group-bootstrap CI, per-fold AUROCs."""
+    folds = make_folds(labels, groups, n_folds, seed, split)
+    result = cross_validate(method, labels, groups, folds, inner_folds=inner_folds, seed=seed, split=split)
+    scores = result["scores"]
+    fold_aurocs = np.asarray(result["fold_aurocs"])
+    return {**_scored(method, labels, scores, groups, n_boot=n_boot, seed=seed),
+            "fold_auroc_mean": float(np.nanmean(fold_aurocs)),
+            "fold_auroc_sd": float(np.nanstd(fold_aurocs)),
+            "chosen": result["chosen"]}
 
 
 def evaluate_transfer(train_method: Method, test_method: Method, train_labels: np.ndarray, train_groups: np.ndarray,
@@ -156,12 +162,5 @@ def evaluate_transfer(train_method: Method, test_method: Method, train_labels: n
     fitted = train_method.candidates[index]
     model = clone(fitted.model).fit(fitted.features(), train_labels)
     scores = model.predict_proba(test_method.candidates[index].features())[:, 1]
-    return {
-        "name": train_method.name,
-        "description": train_method.description,
-        "auroc": auroc(test_labels, scores),
-        "auroc_ci": list(group_bootstrap_ci(test_labels, scores, test_groups, n_boot=n_boot, seed=seed)),
-        "n_test": int(len(test_labels)),
-        "n_groups": int(len(np.unique(test_groups))),
-        "chosen": [{"candidate": fitted.name, "inner_auroc": inner}],
-    }
+    return {**_scored(train_method, test_labels, scores, test_groups, n_boot=n_boot, seed=seed),
+            "chosen": [{"candidate": fitted.name, "inner_auroc": inner}]}
