@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import config_option, corpus_options, parse_layers, parse_token_count, save_resolved_config
+from ghosttrack.cli.common import config_option, corpus_options
+from ghosttrack.run_config import parse_layers, parse_token_count, save_resolved_config
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.store.errors import StoreError

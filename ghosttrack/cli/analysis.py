@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import (config_option, corpus_options, local_output, parse_token_count, token_count,
-                                   save_resolved_config)
+from ghosttrack.cli.common import config_option, corpus_options, local_output, token_count
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.run_config import parse_token_count, save_resolved_config
 from ghosttrack.store.stats import MAX_NORM_RATIO
 
 

@@ -8,8 +8,7 @@ from typing import Any
 import click
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import (CONFIG_FILENAME, parse_layers, parse_token_count,  # noqa: F401 - re-exported
-                                  save_resolved_config)
+from ghosttrack.run_config import parse_token_count
 
 def token_count(ctx: click.Context, param: click.Parameter, value: str | int | None) -> int | None:
     """Click callback for token-count options: the error names the option (click.BadParameter)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import parse_layers
+from ghosttrack.run_config import parse_layers
 
 
 def _command_line(ctx: click.Context) -> str:

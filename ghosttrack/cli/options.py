@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
 
 import click
 

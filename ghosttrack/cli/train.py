@@ -10,8 +10,7 @@ from ghosttrack.cli.common import config_option, local_output
 from ghosttrack.cli.options import apply, dataclass_options
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import INTERRUPTED_EXIT
-from ghosttrack.sae.base import ARCHITECTURES
-from ghosttrack.sae.config import architecture as _load_registry  # noqa: F401 - fills ARCHITECTURES
+from ghosttrack.sae import ARCHITECTURES
 from ghosttrack.train.config import TrainerConfig
 
 

@@ -16,7 +16,7 @@ from ghosttrack.sae.files import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FIL
 from ghosttrack.run_config import CONFIG_FILENAME, layer_dir, parse_layers, save_resolved_config
 from ghosttrack.config_fields import values_for
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae.base import ARCHITECTURES
+from ghosttrack.sae import ARCHITECTURES
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.format import LOCK_PREFIX

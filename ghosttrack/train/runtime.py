@@ -56,7 +56,7 @@ def resolve_resident(mode: str, device: torch.device, store) -> str:
 
 def check_fused(sae_cfg: SAEConfig) -> None:
     from ghosttrack.kernels import fused
-    from ghosttrack.sae.base import ARCHITECTURES
+    from ghosttrack.sae import ARCHITECTURES
 
     if not ARCHITECTURES[sae_cfg.architecture].fused:
         covered = [name for name, arch in ARCHITECTURES.items() if arch.fused]
