@@ -109,7 +109,7 @@ class FusedSAE(torch.autograd.Function):
 
 
 def sae_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                l1_coeff: float, threshold: Tensor | None = None, *, l0_coeff: float = 0.0,
+                l1_coeff: float | Tensor, threshold: Tensor | None = None, *, l0_coeff: float | Tensor = 0.0,
                 bandwidth: float = 1e-3) -> SAEOutput:
     """Fused SAE forward pass and loss: see `reference.sae_forward` for the contract.
 
@@ -119,8 +119,10 @@ def sae_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: T
     require_available()
     check_shapes(x, W_enc, b_enc, W_dec, b_dec, threshold)
     _check_inputs(x, [W_enc, b_enc, W_dec, b_dec], threshold)
-    return SAEOutput(*FusedSAE.apply(x, W_enc, b_enc, W_dec, b_dec, threshold,
-                                     float(l1_coeff), float(l0_coeff), float(bandwidth)))
+    # A coefficient may be a 0-d device tensor (--target-l0 steers it): kept as one, never read back.
+    l1_coeff, l0_coeff = (c if isinstance(c, Tensor) else float(c) for c in (l1_coeff, l0_coeff))
+    return SAEOutput(*FusedSAE.apply(x, W_enc, b_enc, W_dec, b_dec, threshold, l1_coeff, l0_coeff,
+                                     float(bandwidth)))
 
 
 class FusedTopKDecode(torch.autograd.Function):

@@ -11,6 +11,7 @@ from ghosttrack.cli.options import apply, dataclass_options
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.sae import ARCHITECTURES
+from ghosttrack.train.checklist import format_checklist, write_checklist
 from ghosttrack.train.config import TrainerConfig
 
 
@@ -70,9 +71,14 @@ def run_training(options: dict, *, progress: bool = True) -> dict:
                    f"the last checkpoint", err=True)
         sys.exit(INTERRUPTED_EXIT)
     failed = {layer: exc for layer, exc in results.items() if isinstance(exc, Exception)}
-    for layer, summary in results.items():
-        if layer not in failed:
-            click.echo(_describe(summary), err=True)
+    done = {layer: summary for layer, summary in results.items() if layer not in failed}
+    for summary in done.values():
+        click.echo(_describe(summary), err=True)
+        click.echo(format_checklist(summary["checklist"]), err=True)
+    if done:
+        table = write_checklist(options["out"], done)
+        click.echo(f"the seed's checklist per layer: {table} (and {table.with_suffix('.html').name}, linking "
+                   f"each layer's training curves)", err=True)
     if failed:
         raise GhostTrackError(f"{len(failed)} of {len(results)} layers failed "
                               f"({', '.join(str(layer) for layer in failed)}); see the errors above")
@@ -88,4 +94,6 @@ def _describe(s: dict) -> str:
             f"val FVU {fmt(s.get('val_fvu'), '.4f')}  L0 {fmt(s.get('val_l0'), '.1f')}  "
             f"dead {fmt(s.get('dead_fraction'), '.2%')}  skipped {skipped['flagged_skipped']:,} position-0 + "
             f"{skipped['outliers_skipped']:,} outlier rows" +
-            (f" (> {skipped['max_norm_ratio']}x median norm)" if skipped["max_norm_ratio"] else ""))
+            (f" (> {skipped['max_norm_ratio']}x median norm)" if skipped["max_norm_ratio"] else "") +
+            (f"  {c['name']} ended at {c['value']:.4g} (target L0 {c['target_l0']:g})"
+             if (c := s.get("sparsity_coeff")) else ""))

@@ -62,6 +62,9 @@ class Architecture:
     """One line for `--arch`'s help."""
     listing_order: ClassVar[int] = 100
     """Where it stands in listings (`--arch` choices, messages); the first is the default."""
+    sparsity_coeff: ClassVar[str | None] = None
+    """The config field of the sparsity coefficient that `--target-l0` steers (None: the architecture
+    fixes its L0 itself, as TopK's k does)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -70,13 +73,23 @@ class Architecture:
         """Parameters beyond W_enc, b_enc, W_dec, b_dec (saved and loaded under these names)."""
         return {}
 
+    def lr_scales(self) -> dict[str, float]:
+        """{parameter name: its learning rate as a multiple of the trainer's} for parameters that
+        live on another scale than the weights (the rest train at the trainer's rate)."""
+        return {}
+
+    def start_at_l0_(self, sae, x_BD: Tensor, target_l0: float) -> bool:
+        """Set the architecture's own parameters so that rows like x_BD (scaled) start with about
+        target_l0 active latents; False where nothing sets the start (the sparsity term does)."""
+        return False
+
     def constrain_(self, sae) -> None:
         """Applied after every optimiser step, after the decoder rows are renormalised."""
 
     def encode(self, sae, x_BD: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def training_loss(self, sae, x_BD: Tensor, tokens_since_fired_H: Tensor | None, sparsity_scale: float,
+    def training_loss(self, sae, x_BD: Tensor, tokens_since_fired_H: Tensor | None, sparsity_scale: float | Tensor,
                       fused: bool, max_dead: int | None = None) -> TrainStep:
         """See SparseAutoencoder.training_loss."""
         raise NotImplementedError

@@ -96,6 +96,25 @@ class SparseAutoencoder(nn.Module):
                                         sparsity_scale, fused, max_dead)
         return step._replace(x_hat_BD=step.x_hat_BD + self.b_dec.detach())
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: every parameter at lr, except those the architecture scales
+        (JumpReLU's thresholds) at lr times their scale."""
+        scales = self._arch.lr_scales()
+        groups = [{"params": [p for n, p in self.named_parameters() if n not in scales], "lr": lr}]
+        groups += [{"params": [getattr(self, n)], "lr": lr * s} for n, s in scales.items()]
+        return groups
+
+    @torch.no_grad()
+    def start_at_l0_(self, x_BD: Tensor, target_l0: float) -> bool:
+        """Start the architecture's own parameters at about target_l0 active latents on rows like
+        x_BD (after init_from_data_); False where the architecture has nothing to set."""
+        return self._arch.start_at_l0_(self, x_BD - self.b_dec if self.pre_encoder_bias else x_BD, target_l0)
+
+    @property
+    def sparsity_coeff(self) -> str | None:
+        """The config field of the coefficient `--target-l0` steers (None: the architecture fixes L0)."""
+        return self._arch.sparsity_coeff
+
     # --- constraints, applied after every optimiser step -------------------------------------
     @torch.no_grad()
     def constrain_(self) -> None:

@@ -1,6 +1,7 @@
 """How an SAE is trained: one dataclass, saved in every checkpoint and compared on --resume."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -30,8 +31,13 @@ class TrainerConfig:
     """constant-decay: share of the steps, at the end, over which the rate falls linearly to lr * min_lr_ratio."""
     min_lr_ratio: float = 0.0
     """The decay ends at lr * min_lr_ratio."""
+    target_l0: float | None = None
+    """relu / jumprelu: steer the sparsity coefficient (--l1 / --l0, then its starting value) during
+    training so that the mean L0 reaches this and stays there; the coefficient it ends with is saved
+    with the SAE (cfg.json, history.json). topk sets its L0 with --k."""
     sparsity_warmup_fraction: float = field(default=0.05, metadata={"flag": "--sparsity-warmup"})
-    """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
+    """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0 (with
+    --target-l0 the controller steers it instead)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
     pre_encoder_bias: bool = False
@@ -92,6 +98,8 @@ class TrainerConfig:
         for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.target_l0 is not None and not (math.isfinite(self.target_l0) and self.target_l0 > 0):
+            raise ValueError(f"target_l0 must be a positive number of latents, got {self.target_l0}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.dtype not in DTYPES:
@@ -130,3 +138,18 @@ def parse_positions(value: str | list[int] | tuple[int, ...] | None) -> tuple[in
 
 # Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.
 RESUME_FREE = ("device", "log_every", "checkpoint_every", "device_resident")
+
+
+def check_target_l0(cfg: TrainerConfig, sae_cfg) -> None:
+    """ValueError unless --target-l0 fits the SAE: an architecture with a steerable coefficient, and
+    fewer latents asked for than it has."""
+    if cfg.target_l0 is None:
+        return
+    from ghosttrack.sae.config import architecture
+
+    arch = architecture(sae_cfg.architecture)
+    if arch.sparsity_coeff is None:
+        raise ValueError(f"target_l0 steers a sparsity coefficient, which {arch.name} has not; "
+                         f"set its L0 with its own option (topk: --k)")
+    if cfg.target_l0 >= sae_cfg.d_sae:
+        raise ValueError(f"target_l0 {cfg.target_l0:g} must be below the number of latents {sae_cfg.d_sae}")

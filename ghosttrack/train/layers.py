@@ -24,7 +24,7 @@ from ghosttrack.store.location import as_location
 from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
-from ghosttrack.train.config import TrainerConfig
+from ghosttrack.train.config import TrainerConfig, check_target_l0
 
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.
@@ -102,7 +102,9 @@ def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConf
     arch = architecture(options.get("arch") or next(iter(ARCHITECTURES)))
     sae_cfg = make_sae_config(arch.name, d_model, d_sae, **values_for(arch.config_class, options,
                                                                         skip=("d_in", "d_sae")))
-    return sae_cfg, TrainerConfig(**values_for(TrainerConfig, options))
+    cfg = TrainerConfig(**values_for(TrainerConfig, options))
+    check_target_l0(cfg, sae_cfg)
+    return sae_cfg, cfg
 
 
 def train_layers(store_path: str | Path, layers: str | list[int], out: str | Path,

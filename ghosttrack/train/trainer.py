@@ -38,13 +38,18 @@ from ghosttrack.sae.config import SAEConfig
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig, split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
-from ghosttrack.train.config import TrainerConfig, parse_positions
+from ghosttrack.train.checklist import layer_checklist
+from ghosttrack.train.config import TrainerConfig, check_target_l0, parse_positions
+from ghosttrack.train.curves import write_curves
 from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
 from ghosttrack.train.schedule import lr_factor
+from ghosttrack.train.sparsity import SparsityController
 from ghosttrack.train.state import TrainingState, check_resumable, restore_rng, rng_state
 
 FINAL_DIR = "final"
+START_ROWS = 4096
+"""Training rows (the first ones) that set the SAE's start at --target-l0."""
 
 
 class _LossModule(nn.Module):
@@ -69,6 +74,10 @@ class SAETrainer:
             raise GhostTrackError(f"SAE d_in {sae_cfg.d_in} does not match the store's d_model {store.d_model}")
         if cfg.fused:
             check_fused(sae_cfg)
+        try:
+            check_target_l0(cfg, sae_cfg)
+        except ValueError as exc:
+            raise GhostTrackError(f"bad training option: {exc}") from None
         self.store, self.layer, self.sae_cfg, self.cfg = store, layer, sae_cfg, cfg
         self.out_dir = Path(out_dir)
         self.acc = accelerator or make_accelerator(cfg)
@@ -99,7 +108,7 @@ class SAETrainer:
 
         torch.manual_seed(cfg.seed)
         self.sae = SparseAutoencoder(sae_cfg, pre_encoder_bias=cfg.pre_encoder_bias).to(self.device)
-        optimizer = make_adam(self.sae.parameters(), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        optimizer = make_adam(self.sae.param_groups(cfg.lr), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
         self.loss_module, self.optimizer = self.acc.prepare(_LossModule(self.sae), optimizer)
@@ -108,6 +117,8 @@ class SAETrainer:
         self.window_losses: list[torch.Tensor] = []
         self.window_terms: dict[str, torch.Tensor] = {}
         self.state = TrainingState()
+        self.controller = (SparsityController(cfg.target_l0, self.device) if cfg.target_l0 is not None
+                           else None)
 
     def _loader(self, split: str) -> ActivationLoader:
         return ActivationLoader(self.store, self.layer, self.loader_cfg, split=split, device=self.device,
@@ -123,15 +134,30 @@ class SAETrainer:
         return lr_factor(step, self.total_steps, c.lr_schedule, warmup_fraction=c.warmup_fraction,
                          decay_fraction=c.decay_fraction, min_lr_ratio=c.min_lr_ratio)
 
-    def _sparsity_scale(self) -> float:
+    def _sparsity_scale(self) -> float | torch.Tensor:
+        """The factor of the sparsity coefficient: the controller's multiplier (a device tensor) under
+        --target-l0, else the linear warm-up."""
+        if self.controller is not None:
+            return self.controller.multiplier()
         warm = int(self.cfg.sparsity_warmup_fraction * self.total_steps)
         return 1.0 if warm == 0 else min(1.0, (self.state.step + 1) / warm)
 
+    def sparsity_coefficient(self) -> dict[str, Any] | None:
+        """{name, start, value} of the coefficient --target-l0 steers, as it stands (a host sync), or None."""
+        if self.controller is None:
+            return None
+        name = self.sae.sparsity_coeff
+        start = getattr(self.sae_cfg, name)
+        return {"name": name, "target_l0": self.cfg.target_l0, "start": start,
+                "value": start * float(self.controller.multiplier())}
+
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
-    def _estimate_input_stats(self) -> None:
-        """input_scale so that E||x * scale||^2 = d_in, and the mean row (in scaled units)."""
+    def _estimate_input_stats(self) -> torch.Tensor:
+        """input_scale so that E||x * scale||^2 = d_in, and the mean row (in scaled units); returns the
+        first START_ROWS of these rows (raw units, on the CPU)."""
         loader = self._loader("train")
+        first: list[torch.Tensor] = []
         n, sum_sq, sum_x = 0, torch.zeros((), dtype=torch.float64), torch.zeros(self.store.d_model, dtype=torch.float64)
         with contextlib.closing(iter(loader)) as batches:
             for x in batches:
@@ -139,6 +165,8 @@ class SAETrainer:
                 n += x.shape[0] * self.world  # every rank's slice of the global batch is as long
                 sum_sq += x.pow(2).sum()
                 sum_x += x.sum(0)
+                if sum(len(f) for f in first) < START_ROWS:
+                    first.append(x.float())
                 if n >= self.cfg.scale_rows:
                     break
         sum_sq, sum_x = (self._sum_ranks(t.to(self.device)).cpu() for t in (sum_sq, sum_x))
@@ -148,11 +176,14 @@ class SAETrainer:
                                   f"the store looks damaged, re-extract it with --overwrite")
         self.state.input_scale = math.sqrt(self.store.d_model / mean_sq_norm)
         self.state.data_mean = (sum_x / n * self.state.input_scale).float()
+        return torch.cat(first)[:START_ROWS]
 
     def _start(self, resume_state: dict | None) -> None:
         if resume_state is None:
-            self._estimate_input_stats()
+            first_rows = self._estimate_input_stats()
             self.sae.init_from_data_(self.state.data_mean.to(self.device))
+            if self.cfg.target_l0 is not None:
+                self._start_at_target(first_rows.to(self.device) * self.state.input_scale)
             self.state.history = {"layer": self.layer, "sae_config": self.sae_cfg.to_dict(),
                                   "trainer_config": self.cfg.to_dict(), "skipped": self._skipped(),
                                   "processes": self.world,
@@ -168,7 +199,18 @@ class SAETrainer:
         self.window.load_state_dict(resume_state["window"])
         self.window_losses = [t for t in resume_state["window_losses"].to(self.device)]
         self.window_terms = {k: v.to(self.device) for k, v in resume_state["window_terms"].items()}
+        if self.controller is not None:
+            self.controller.load_state_dict(resume_state["controller"])
         restore_rng(resume_state["rng"])
+
+    @torch.no_grad()
+    def _start_at_target(self, x_BD: torch.Tensor) -> None:
+        """--target-l0: the SAE starts near the target L0 where its architecture can (JumpReLU's
+        thresholds), so that the controller trims rather than drags the code from L0 ~ d_sae / 2.
+        Each rank saw its own rows: the ranks' starts are averaged, so that all start alike."""
+        if self.sae.start_at_l0_(x_BD, self.cfg.target_l0) and self.world > 1:
+            for param in self.sae.parameters():
+                param.copy_(self._sum_ranks(param.detach().clone()) / self.world)
 
     def _skipped(self) -> dict[str, Any]:
         s = self.stats
@@ -257,6 +299,9 @@ class SAETrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.constrain_()
         fired_H = self._sum_ranks(out.fired_H)
+        if self.controller is not None:  # every rank steers by the global batch's L0, so all agree
+            rows = x_BD.shape[0] * self.world
+            self.controller.update(self._sum_ranks(out.l0_B.sum(dtype=torch.float32)) / rows)
         self.tracker.update(fired_H, x_BD.shape[0] * self.world)
         self.window.update(x_BD, out.x_hat_BD, out.l0_B, out.fired_H, mse=out.mse)
         self.window_losses.append(out.loss.detach().float())
@@ -301,6 +346,7 @@ class SAETrainer:
                  "l0": res.get("l0"), "l2_ratio": res.get("l2_ratio"),
                  "dead_fraction": float(self.tracker.dead_fraction(self.cfg.dead_window_tokens)),
                  **{k: float(v) / max(1, len(losses)) for k, v in self.window_terms.items()},
+                 **({"sparsity_coeff": c["value"]} if (c := self.sparsity_coefficient()) else {}),
                  "tokens_per_s": steps * self.cfg.batch_size * self.world / max(1e-9, now - self._tick[0])}
         self.state.history["train"].append(entry)
         self._tick = (now, self.state.step)
@@ -327,15 +373,17 @@ class SAETrainer:
         for x in self.val_loader:
             x = x * self.state.input_scale
             with self._autocast():
-                out = self.sae.training_loss(x, fused=self.cfg.fused)
+                # Under --target-l0 the loss is the one training minimises now (the steered coefficient).
+                scale = 1.0 if self.controller is None else self.controller.multiplier()
+                out = self.sae.training_loss(x, sparsity_scale=scale, fused=self.cfg.fused)
             loss_sum += out.loss.double() * x.shape[0]
             stats.update(x, out.x_hat_BD, out.l0_B, out.fired_H)
         self.sae.train()
         stats.reduce_(self._sum_ranks)  # each rank validated its slice of the held-out rows
         loss_sum = self._sum_ranks(loss_sum)
         res = stats.result(self.cfg.dense_threshold)
-        entry = {"step": self.state.step, "epoch": self.state.step / self.steps_per_epoch,
-                 "loss": float(loss_sum) / res["rows"], **res,
+        entry = {"step": self.state.step, "tokens": self.state.step * self.cfg.batch_size * self.world,
+                 "epoch": self.state.step / self.steps_per_epoch, "loss": float(loss_sum) / res["rows"], **res,
                  "dead_fraction": float(self.tracker.dead_fraction(self.cfg.dead_window_tokens))}
         if not math.isfinite(entry["loss"]):
             self._raise_nonfinite(self.state.step)
@@ -351,7 +399,8 @@ class SAETrainer:
         meta = {**self.metadata, "ghosttrack": {**self.metadata.get("ghosttrack", {}),
                                                 "input_scale_folded": self.state.input_scale,
                                                 "step": self.state.step, "trainer_config": self.cfg.to_dict(),
-                                                "skipped": self.state.history["skipped"]}}
+                                                "skipped": self.state.history["skipped"],
+                                                "sparsity_coeff": self.sparsity_coefficient()}}
         save_sae(folded, directory, meta)
 
     def _checkpoint(self) -> None:
@@ -370,7 +419,8 @@ class SAETrainer:
             "scheduler": self.scheduler.state_dict(), "loader": loader, "tracker": self.tracker.state_dict(),
             "window": self.window.state_dict(),
             "window_losses": torch.stack(self.window_losses).cpu() if self.window_losses else torch.zeros(0),
-            "window_terms": {k: v.cpu() for k, v in self.window_terms.items()}, "rng": rng_state()})
+            "window_terms": {k: v.cpu() for k, v in self.window_terms.items()}, "rng": rng_state(),
+            "controller": None if self.controller is None else self.controller.state_dict()})
         write_json(self.out_dir / HISTORY_FILE, self.state.history)
 
     def _store_identity(self) -> dict[str, Any]:
@@ -392,9 +442,14 @@ class SAETrainer:
             "val_never_fired_fraction": val.get("never_fired_fraction"), "dense_fraction": val.get("dense_fraction"),
             "skipped": self.state.history["skipped"],
             "tokens_per_s": _median([e["tokens_per_s"] for e in self.state.history["train"]]),
+            "sparsity_coeff": self.sparsity_coefficient(),
         }
+        checks = layer_checklist(self.state.history, self.sae_cfg.d_in)
+        self.state.history["checklist"] = self.state.history["summary"]["checklist"] = checks
         self.state.finished = True
         self._checkpoint()
+        if self.main:
+            write_curves(self.out_dir, self.state.history)
         return self.state.history["summary"]
 
 

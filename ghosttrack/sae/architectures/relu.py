@@ -39,6 +39,7 @@ class ReluArch(Architecture):
     fused = True
     summary = "ReLU + L1 (decoder-norm weighted)"
     listing_order = 0
+    sparsity_coeff = "l1_coeff"
 
     def encode(self, sae, x_BD: Tensor) -> Tensor:
         return torch.relu(x_BD @ sae.W_enc + sae.b_enc)
