@@ -22,13 +22,17 @@ import math
 import torch
 from torch import Tensor
 
-KP = 0.5
+KP = 1.0
 """Proportional gain: log m moves at once by KP times the log-ratio of L0 to the target."""
-KI = 0.02
+KI = 0.1
 """Integral gain per step: a steady 10% excess of L0 raises the coefficient by ~0.2% per step."""
 E_MAX = 1.0
 """Largest log-ratio error one step sees (a factor e of L0)."""
 LOG_M_MAX = math.log(1e4)
+APPROACH_RATE = 0.01
+"""An error shrinking by this share of itself per step (reaching the target in ~100 steps) pauses the integral."""
+SMOOTHING = 0.1
+"""The error is an exponential moving average over about 1 / SMOOTHING steps (one batch's L0 is noisy)."""
 """The multiplier stays in [1e-4, 1e4] times the starting coefficient."""
 
 
@@ -37,8 +41,10 @@ class SparsityController:
 
     def __init__(self, target: float, device: torch.device | str):
         self.target = float(target)
-        self.integral = torch.zeros((), dtype=torch.float32, device=device)
-        self.log_multiplier = torch.zeros((), dtype=torch.float32, device=device)
+        zero = dict(dtype=torch.float32, device=device)
+        self.integral = torch.zeros((), **zero)
+        self.error = torch.zeros((), **zero)
+        self.log_multiplier = torch.zeros((), **zero)
 
     def multiplier(self) -> Tensor:
         """m as a 0-d device tensor (the loss multiplies the coefficient by it)."""
@@ -46,14 +52,20 @@ class SparsityController:
 
     @torch.no_grad()
     def update(self, mean_l0: Tensor) -> None:
-        """One step of the PI rule from the batch's mean L0 (a 0-d device tensor)."""
-        error = torch.log((mean_l0.float() + 1.0) / (self.target + 1.0)).clamp(-E_MAX, E_MAX)
-        self.integral.add_(KI * error).clamp_(-LOG_M_MAX, LOG_M_MAX)
-        torch.clamp(self.integral + KP * error, -LOG_M_MAX, LOG_M_MAX, out=self.log_multiplier)
+        """One step of the rule from the batch's mean L0 (a 0-d device tensor)."""
+        previous = self.error.clone()
+        self.error.mul_(1 - SMOOTHING).add_(SMOOTHING * torch.log((mean_l0.float() + 1.0) / (self.target + 1.0)))
+        # Conditional integration: while L0 already heads for the target fast enough (the error shrinks
+        # by APPROACH_RATE of itself per step or more), the integral waits: the SAE moves at a bounded
+        # speed, and integrating the whole way there is what overshoots.
+        approaching = self.error * (self.error - previous) < -APPROACH_RATE * self.error.square()
+        step = self.error.clamp(-E_MAX, E_MAX)
+        self.integral.add_(torch.where(approaching, 0.0, KI * step)).clamp_(-LOG_M_MAX, LOG_M_MAX)
+        torch.clamp(self.integral + KP * step, -LOG_M_MAX, LOG_M_MAX, out=self.log_multiplier)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"integral": self.integral.cpu(), "log_multiplier": self.log_multiplier.cpu()}
+        return {"integral": self.integral.cpu(), "error": self.error.cpu(), "log_multiplier": self.log_multiplier.cpu()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.integral.copy_(state["integral"])
-        self.log_multiplier.copy_(state["log_multiplier"])
+        for name in ("integral", "error", "log_multiplier"):
+            getattr(self, name).copy_(state[name])

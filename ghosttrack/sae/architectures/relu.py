@@ -41,6 +41,15 @@ class ReluArch(Architecture):
     listing_order = 0
     sparsity_coeff = "l1_coeff"
 
+    @torch.no_grad()
+    def start_at_l0_(self, sae, x_BD: Tensor, target_l0: float) -> bool:
+        """b_enc lowered by each latent's (1 - target_l0 / d_sae) quantile of its pre-activations on x_BD,
+        so that every latent fires on that share of the rows and the mean L0 starts near the target
+        (from b_enc centred on the data mean about half of the latents fire on every row)."""
+        pre_BH = x_BD.float() @ sae.W_enc.float() + sae.b_enc.float()
+        sae.b_enc.sub_(torch.quantile(pre_BH, 1.0 - target_l0 / self.cfg.d_sae, dim=0).to(sae.b_enc.dtype))
+        return True
+
     def encode(self, sae, x_BD: Tensor) -> Tensor:
         return torch.relu(x_BD @ sae.W_enc + sae.b_enc)
 
