@@ -52,6 +52,20 @@ def test_frozen_inputs_cost_no_gradient_and_the_rest_still_match():
         close(fp[name].grad, rp[name].grad, TOL[torch.float32], name)
 
 
+def test_coefficients_as_device_tensors_match_floats():
+    """--target-l0 passes its steered coefficients as 0-d tensors: same loss and gradients as floats."""
+    p = make_params(20, 24, 40, torch.float32, True, seed=2)
+    as_float = {k: v.clone().requires_grad_(k != "x") for k, v in p.items()}
+    as_tensor = {k: v.clone().requires_grad_(k != "x") for k, v in p.items()}
+    want = fused.sae_forward(**as_float, l1_coeff=0.3, l0_coeff=0.7, bandwidth=0.1)
+    got = fused.sae_forward(**as_tensor, l1_coeff=torch.tensor(0.3), l0_coeff=torch.tensor(0.7), bandwidth=0.1)
+    want.loss.backward()
+    got.loss.backward()
+    close(got.loss, want.loss, TOL[torch.float32], "loss")
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        close(as_tensor[name].grad, as_float[name].grad, TOL[torch.float32], name)
+
+
 def test_noncontiguous_inputs_and_broadcast_upstream_gradient():
     """Transposed weights, a strided x, and the stride-0 gradient that `.sum()` hands back."""
     p = make_params(19, 21, 35, torch.float32, False, seed=2)
