@@ -9,10 +9,12 @@ from click.testing import CliRunner
 
 from ghosttrack.cli import main
 from ghosttrack.sae.config import JumpReluSAEConfig, ReluSAEConfig
+from ghosttrack.sae.files import STATE_FILE, load_trainer_state
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.train.config import TrainerConfig
 from ghosttrack.train.layers import train_sae_for_layer
 from ghosttrack.train.sparsity import SparsityController
+from ghosttrack.train.trainer import SAETrainer
 
 from trainer_data import one_thread, write_store  # noqa: F401 - fixture
 
@@ -107,3 +109,23 @@ def test_each_layer_reports_the_seed_checklist_and_draws_its_curves(tmp_path, st
     index = (out / "checklist.html").read_text()
     assert 'href="layer_0/curves.html"' in index and 'href="layer_2/curves.html"' in index
     assert "| 0 |" in (out / "checklist.md").read_text()
+
+
+def test_a_run_killed_under_target_l0_resumes_exactly(tmp_path, store):
+    cfg = TrainerConfig(batch_size=256, epochs=1, lr=3e-3, log_every=5, checkpoint_every=10, device="cpu",
+                        target_l0=6.0)
+    sae_cfg = JumpReluSAEConfig(d_in=D, d_sae=H)
+    full = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "full", progress=False)
+    full.run()
+
+    def kill_at_23(step):
+        if step == 23:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "cut", progress=False).run(on_step=kill_at_23)
+    resumed = SAETrainer(store, 0, sae_cfg, cfg, tmp_path / "cut", progress=False)
+    resumed.run(load_trainer_state(tmp_path / "cut" / STATE_FILE))
+    for name, value in full.sae.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[name], value), name
+    assert torch.equal(resumed.controller.multiplier(), full.controller.multiplier())
