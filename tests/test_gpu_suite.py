@@ -85,6 +85,8 @@ def test_the_smoke_run_sees_the_device_packages_only_from_the_carried_wheels(tmp
 def test_the_cuda_step_collects_only_files_with_gpu_tests():
     suite = SUITE.read_text()
     assert '-m gpu -p no:cacheprovider $GPU_TESTS' in suite and " tests\n" not in suite.split("gpu_steps()")[1]
-    listed = subprocess.run(["bash", "-c", "grep -rl --include='test_*.py' 'pytest.mark.gpu' tests"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.split()
-    assert "tests/kernels/test_fused_cuda.py" in listed and "tests/sae/test_saelens.py" not in listed
+    line = next(ln for ln in suite.splitlines() if ln.startswith("GPU_TESTS="))
+    listed = subprocess.run(["bash", "-c", f"{line}; echo $GPU_TESTS"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.split()
+    assert "tests/kernels/test_fused_cuda.py" in listed and "tests/store/test_loader.py" in listed
+    assert "tests/sae/test_saelens.py" not in listed and "tests/test_gpu_suite.py" not in listed
