@@ -114,7 +114,7 @@ gpu_steps() {
 # The same scripts at tiny sizes on the CPU (Triton interpreter), results in a temp folder.
 smoke_steps() {
   # shellcheck disable=SC2086
-  step "cuda tests (collected only)" 120 "$PY" -m pytest -q -m gpu --collect-only -p no:cacheprovider $GPU_TESTS
+  step "cuda tests (collected only)" 300 "$PY" -m pytest -q -m gpu --collect-only -p no:cacheprovider $GPU_TESTS
   step "kernel bench" 600 "$PY" bench/bench_kernel.py --cpu-smoke --no-compile --tf32 --rep-ms 100 --out "$OUT"
   [ "$MODE" = smoke ] && mv "$OUT/kernel_cpu_smoke.json" "$OUT/kernel_$GPU.json" 2>/dev/null
   step "trainer bench" 600 "$PY" bench/bench_train.py --d 64 --h 256 --batch 256 --dtype float32 --device cpu \
