@@ -206,7 +206,7 @@ class SAETrainer:
     @torch.no_grad()
     def _start_at_target(self, x_BD: torch.Tensor) -> None:
         """--target-l0: the SAE starts near the target L0 where its architecture can (JumpReLU's
-        thresholds), so that the controller trims rather than drags the code from L0 ~ d_sae / 2.
+        thresholds, ReLU's encoder bias), so that the controller trims rather than drags the code from L0 ~ d_sae / 2.
         Each rank saw its own rows: the ranks' starts are averaged, so that all start alike."""
         if self.sae.start_at_l0_(x_BD, self.cfg.target_l0) and self.world > 1:
             for param in self.sae.parameters():

@@ -31,9 +31,9 @@ def store(tmp_path_factory):
     return ActivationStore.open(path)
 
 
-def _syncs_per_step(store, arch, resident, out, plant=None):
+def _syncs_per_step(store, arch, resident, out, plant=None, target_l0=None):
     cfg = TrainerConfig(batch_size=128, epochs=1.5, log_every=LOG_EVERY, checkpoint_every=LOG_EVERY * 2,
-                        device="cpu", device_resident=resident, lr=1e-2)
+                        device="cpu", device_resident=resident, lr=1e-2, target_l0=target_l0)
     trainer = SAETrainer(store, 0, ARCHS[arch], cfg, out, progress=False)
     if plant is not None:
         trainer._train_step = plant(trainer._train_step)
@@ -47,9 +47,11 @@ def _syncs_per_step(store, arch, resident, out, plant=None):
     return steady, logs, trainer
 
 
-@pytest.mark.parametrize("arch,resident", [("relu", "yes"), ("jumprelu", "yes"), ("topk", "yes"), ("topk", "no")])
-def test_steady_state_steps_make_no_sync_prone_call(tmp_path, store, arch, resident):
-    steady, logs, trainer = _syncs_per_step(store, arch, resident, tmp_path)
+@pytest.mark.parametrize("arch,resident,target_l0", [("relu", "yes", None), ("jumprelu", "yes", None),
+                                                     ("topk", "yes", None), ("topk", "no", None),
+                                                     ("jumprelu", "yes", 6.0)])  # the --target-l0 controller
+def test_steady_state_steps_make_no_sync_prone_call(tmp_path, store, arch, resident, target_l0):
+    steady, logs, trainer = _syncs_per_step(store, arch, resident, tmp_path, target_l0=target_l0)
     assert {s: v for s, v in steady.items() if v} == {}
     assert all(logs.values())  # the log steps' deliberate read-backs are seen
     if arch == "topk":
