@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 CURVES_FILE = "curves.html"
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 440, 220, 62, 12, 26, 34
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 440, 220, 62, 28, 26, 34
 PANELS = (("loss", "loss", False), ("fvu", "FVU", False), ("l0", "L0 (active latents per row)", False),
           ("dead_fraction", "dead fraction", False), ("sparsity_coeff", "sparsity coefficient", True))
 
@@ -21,10 +21,11 @@ def _ticks(low: float, high: float, n: int = 4) -> list[float]:
     return [low + (high - low) * i / n for i in range(n + 1)]
 
 
-def _panel(key: str, title: str, log_y: bool, train: list[dict], val: list[dict]) -> str | None:
+def _panel(key: str, title: str, log_y: bool, train: list[dict], val: list[dict],
+           target: float | None = None) -> str | None:
     line = [(e["tokens"], e[key]) for e in train if _finite(e.get(key))]
     dots = [(e["tokens"], e[key]) for e in val if _finite(e.get(key)) and e.get("tokens") is not None]
-    points = line + dots
+    points = line + dots + ([(0, target)] if target is not None else [])
     if log_y:
         points = [(x, y) for x, y in points if y > 0]
         line, dots = [(x, y) for x, y in line if y > 0], [(x, y) for x, y in dots if y > 0]
@@ -34,8 +35,8 @@ def _panel(key: str, title: str, log_y: bool, train: list[dict], val: list[dict]
     xs, ys = [p[0] for p in points], [f(p[1]) for p in points]
     x0, x1 = 0.0, max(xs) or 1.0
     y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-12:
-        y0, y1 = y0 - 0.5 * (abs(y0) or 1), y1 + 0.5 * (abs(y1) or 1)
+    if y1 - y0 < 1e-12:  # a flat curve (a dead fraction of 0 throughout): a range around it, >= 0 at 0
+        y0, y1 = (0.0, 1.0) if y0 == 0 else (y0 - 0.5 * abs(y0), y1 + 0.5 * abs(y1))
 
     def sx(x: float) -> float:
         return PAD_L + (x - x0) / (x1 - x0) * (W - PAD_L - PAD_R)
@@ -55,6 +56,9 @@ def _panel(key: str, title: str, log_y: bool, train: list[dict], val: list[dict]
     for t in _ticks(x0, x1):
         parts.append(f'<text x="{sx(t):.1f}" y="{H - PAD_B + 14}" text-anchor="middle" font-size="10">{t:,.0f}</text>')
     parts.append(f'<text x="{W / 2}" y="{H - 4}" text-anchor="middle" font-size="10">training tokens</text>')
+    if target is not None:
+        parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{sy(target):.1f}" y2="{sy(target):.1f}" '
+                     f'stroke="#2a2" stroke-dasharray="5,4"><title>--target-l0 {target:g}</title></line>')
     if line:
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
         parts.append(f'<polyline points="{path}" fill="none" stroke="#1f5fa8" stroke-width="1.5"/>')
@@ -74,7 +78,9 @@ def curves_html(history: dict[str, Any]) -> str:
     train = history.get("train") or []
     per_step = (train[0]["tokens"] / train[0]["step"]) if train and train[0].get("step") else 0
     val = [{**v, "tokens": v.get("tokens", v["step"] * per_step)} for v in history.get("val") or []]
-    panels = [p for key, title, log_y in PANELS if (p := _panel(key, title, log_y, train, val))]
+    target = (history.get("trainer_config") or {}).get("target_l0")
+    panels = [p for key, title, log_y in PANELS
+              if (p := _panel(key, title, log_y, train, val, target if key == "l0" else None))]
     layer = history.get("layer", "?")
     rows = "".join(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(r['target'])}</td>"
                    f"<td>{html.escape(r['shown'])}</td><td>{ {True: 'ok', False: 'MISS', None: ''}[r['pass']] }</td></tr>"
@@ -84,7 +90,7 @@ def curves_html(history: dict[str, Any]) -> str:
     return (f"<!doctype html><meta charset='utf-8'><title>layer {layer}: training curves</title>"
             f"<style>body{{font-family:sans-serif}}svg{{margin:4px}}td,th{{padding:2px 8px;text-align:left}}</style>"
             f"<h1>Layer {layer}: training curves</h1><p>Line: the training log (mean over each log window); "
-            f"dots: validation on the held-out rows.</p><div>{''.join(panels)}</div>{table}")
+            f"dots: validation on the held-out rows{'; dashes: the target L0' if target else ''}.</p><div>{''.join(panels)}</div>{table}")
 
 
 def write_curves(directory: str | Path, history: dict[str, Any]) -> Path:
