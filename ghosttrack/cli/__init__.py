@@ -40,12 +40,35 @@ class GhostTrackGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `ghosttrack` alone shows the help
+        except click.ClickException as exc:
+            _exit_with_one_line(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (GhostTrackError, StoreError) as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(one_line(f"error: {exc}"), err=True)
             sys.exit(2)
+        except click.ClickException as exc:  # a usage error of a command: one line too
+            _exit_with_one_line(exc)
+
+
+def one_line(text: str) -> str:
+    """Any message (a YAML parser's, a chained exception's) as one line."""
+    return " ".join(str(text).split())
+
+
+def _exit_with_one_line(exc: click.ClickException) -> None:
+    """click prints usage errors as usage + hint + message (three lines); ours are one, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None and isinstance(exc, click.UsageError) else ""
+    click.echo(one_line(f"error: {exc.format_message()}{hint}"), err=True)
+    sys.exit(2)
 
 
 @click.group(cls=GhostTrackGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
