@@ -47,3 +47,11 @@ def resolve_dtype(requested: str, device: torch.device | str) -> tuple[str, str 
         return requested, ("warning: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): bf16 runs "
                            "about 6x slower than fp32 here; pass --dtype fp32 or auto")
     return requested, None
+
+
+def resolve_device(device: str | None) -> str:
+    """None or 'auto': cuda when present, else cpu; anything else as given (the one default device rule
+    of the commands that run on one device: interpret, evaluate, match, track)."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -52,6 +52,16 @@ def parse_layers(spec: str | list[int], n_layers: int | None = None) -> list[int
     return sorted(layers)
 
 
+def check_local_output(flag: str, value: str | None) -> None:
+    """Outputs written to a local folder (SAEs, reports): a store URL there would otherwise become a
+    local folder named 's3:'. One line, exit 2, before any work."""
+    from ghosttrack.store.location import as_location, is_remote
+
+    if value is not None and is_remote(as_location(value)):
+        raise GhostTrackError(f"{flag} {value}: this output is written to a local folder, not to object storage "
+                              "(only activation stores go there: extract --out, --store); pass a local path")
+
+
 def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:
     """Write {command, options} so that `--config` on that file reproduces the run exactly."""
     from ghosttrack.store.location import as_location, is_remote

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import parse_token_count
+from ghosttrack.run_config import check_local_output, parse_token_count
 
 def token_count(ctx: click.Context, param: click.Parameter, value: str | int | None) -> int | None:
     """Click callback for token-count options: the error names the option (click.BadParameter)."""
@@ -82,14 +82,8 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of --out options that write local files (SAEs, reports): a store URL there would
-    otherwise become a local folder named 's3:'. One line, exit 2, before any work."""
-    from ghosttrack.store.location import as_location, is_remote
-
-    if value is not None and is_remote(as_location(value)):
-        raise GhostTrackError(f"{param.opts[0]} {value}: this output is written to a local folder, not to "
-                              "object storage (only activation stores go there: extract --out, --store); "
-                              "pass a local path")
+    """Callback of --out options that write local files (see run_config.check_local_output)."""
+    check_local_output(param.opts[0], value)
     return value
 
 
