@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli import extract_options, run_extraction
+from ghosttrack.cli import extract_options
 from ghosttrack.cli.common import config_option, local_output
 from ghosttrack.cli.train import run_training, train_options
 from ghosttrack.errors import GhostTrackError
@@ -38,6 +38,8 @@ def run(**options) -> None:
         extraction.update(batch_size=options["extract_batch_size"], dtype=options["extract_dtype"], out=str(store))
         # Training can resume on a finished store: only extract when there is something left to write.
         if not (options["resume"] and _is_complete(store)):
+            from ghosttrack.extract.pipeline import run_extraction
+
             run_extraction(extraction, command="extract")
     if options["extract_only"]:
         return
