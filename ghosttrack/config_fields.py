@@ -100,7 +100,14 @@ def values_for(cls: type, options: dict[str, Any], *, skip: tuple[str, ...] = ()
 
 def from_options(cls: type, options: dict[str, Any], *, flags: dict[str, str] | None = None, **given: Any):
     """`cls` built from parsed command-line options (plus `given` values), checked by its __post_init__."""
-    return cls(**{**values_for(cls, options, flags=flags), **given})
+    try:
+        return cls(**{**values_for(cls, options, flags=flags), **given})
+    except ConfigError as exc:
+        for field in dataclasses.fields(cls):  # the message names the flag as this command spells it
+            default = flag_name(field)
+            if flags and field.name in flags and str(exc).startswith(default + " "):
+                raise ConfigError(flags[field.name] + str(exc)[len(default):]) from None
+        raise
 
 
 def _allowed_types(hint: Any) -> tuple[list[Any], bool]:

@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ghosttrack.errors import GhostTrackError
 
 CONFIG_FILENAME = "config.json"
+MODEL_DTYPES = ("fp32", "fp16", "bf16")
+"""Dtypes a model's forward pass runs in (precision.py resolves `auto` where a command offers it)."""
+
+
+@dataclass
+class ModelSource:
+    """The model a command reads (shared by extract, run, interpret, evaluate, track and detect; a
+    command redeclares `model` where its default or meaning differs)."""
+
+    model: str | None = None
+    """HF hub id, local model directory, or a .gguf file."""
+    gguf: str | None = None
+    """GGUF file name inside --model's directory (or a path to one)."""
+
+
+@dataclass
+class DevicePlacement:
+    """Where a command computes (shared by every command that runs on one device)."""
+
+    device: str | None = None
+    """Device: cpu, cuda or cuda:N (default: cuda if present, else cpu)."""
+
+
+@dataclass
+class ModelDtype:
+    """The dtype of a model's forward pass (shared by evaluate, track and detect; extract adds auto)."""
+
+    dtype: str = field(default="fp32", metadata={"choices": MODEL_DTYPES})
+    """Model dtype."""
 
 
 def layer_dir(root: str | Path, layer: int) -> Path:

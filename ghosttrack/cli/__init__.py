@@ -6,7 +6,10 @@ import sys
 
 import click
 
-from ghosttrack.cli.common import config_option, corpus_options
+from ghosttrack.cli.common import config_option
+from ghosttrack.cli.options import config_command_options
+from ghosttrack.config_fields import from_options
+from ghosttrack.extract.config import ExtractConfig
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.store.errors import StoreError
 
@@ -81,63 +84,28 @@ def main() -> None:
     """
 
 
+RUN_FLAGS = {"batch_size": "--extract-batch-size", "dtype": "--extract-dtype"}
+"""`run`'s spelling of the extraction options that `train` also has."""
+NOT_IN_RUN = ("layers", "device", "shard_chunks", "out", "resume", "overwrite", "repair")
+"""Extraction options `run` sets itself (or shares with training, or does not offer)."""
+
+
 def extract_options(*, in_run: bool = False):
-    """Options of `extract`; `run` shares them, naming the ones `train` also has --extract-*."""
-    prefix = "--extract-" if in_run else "--"
-    options = [
-        click.option("--model", default="gpt2", show_default=True,
-                     help="HF hub id, local model directory, or a .gguf file."),
-        click.option("--gguf", default=None, help="GGUF file name inside --model's directory (or a path to one)."),
-        click.option("--revision", default=None, help="Model revision (branch, tag or commit) on the hub."),
-        corpus_options,
-        click.option("--hook", type=click.Choice(["resid_post", "resid_pre"]), default="resid_post", show_default=True,
-                     help="Residual stream after block i (resid_post) or before it (resid_pre)."),
-        click.option("--tokens", default="10M", show_default=True, help="Tokens to extract: 10M, 200k, 4096."),
-        click.option("--seq-len", default=128, show_default=True, type=int, help="Tokens per packed sequence."),
-        click.option(f"{prefix}batch-size", "extract_batch_size" if in_run else "batch_size", default=32,
-                     show_default=True, type=int, help="Sequences per forward pass."),
-        click.option("--chunk-tokens", default=None, type=int,
-                     help="Rows per store chunk (multiple of --seq-len); default: >= 32 chunks, <= 65,536 rows."),
-        click.option(f"{prefix}dtype", "extract_dtype" if in_run else "dtype",
-                     type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-                     help="Model dtype for the forward pass; auto: bf16 on a GPU that has it, else fp32."),
-        click.option("--store-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-                     help="Dtype of the stored rows; fp32 for activations beyond fp16's range (+-65504)."),
-        click.option("--host-buffer-mb", type=click.IntRange(min=1), default=2048, show_default=True,
-                     help="Host (pinned) memory for batches on their way to the disk."),
-    ]
-    if not in_run:
-        options += [
-            click.option("--layers", default="all", show_default=True, help="Blocks to store: 0-11, 0,6,11 or all."),
-            click.option("--device", default=None, help="Device (default: what accelerate picks: cuda if present)."),
-            click.option("--shard-chunks", type=click.IntRange(min=1), default=1, show_default=True,
-                         help="Store N chunks per zarr v3 shard (one object each: far fewer objects on s3://, "
-                              "gs://); a shard is then the unit of commit and resume."),
-        ]
-
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
+    """Options of `extract` (ExtractConfig's fields); `run` shares them, naming the ones `train` also
+    has --extract-*."""
+    if in_run:
+        return config_command_options(ExtractConfig, skip=NOT_IN_RUN, flags=RUN_FLAGS)
+    return config_command_options(ExtractConfig)
 
 
 @main.command()
 @config_option
 @extract_options()
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Store to write: a directory, or s3://BUCKET/RUN, gs://BUCKET/RUN, memory://RUN.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted store made with the same settings.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
-@click.option("--repair", is_flag=True,
-              help="With --resume: re-extract the chunks `ghosttrack verify` finds damaged, then continue.")
-@click.pass_context
-def extract(ctx: click.Context, **options) -> None:
+def extract(**options) -> None:
     """Write residual-stream activations of --layers into a chunked fp16 zarr store."""
     from ghosttrack.extract.pipeline import run_extraction
 
-    run_extraction(options, command="extract")
+    run_extraction(from_options(ExtractConfig, options), command="extract")
 
 
 @main.command()

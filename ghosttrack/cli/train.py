@@ -45,16 +45,21 @@ def train(**options) -> None:
     run_training(options)
 
 
+def check_training_options(options: dict) -> TrainRun:
+    """Every value of `train`'s options checked, before the store is opened (the architecture's own
+    bounds need the store's d_model and are checked when its config is built)."""
+    run = from_options(TrainRun, options)
+    shape = from_options(SAEShape, options)
+    check_sae_options(shape.arch, values_for(ARCHITECTURES[shape.arch].config_class, options))
+    from_options(TrainerConfig, options)
+    return run
+
+
 def run_training(options: dict, *, progress: bool = True) -> dict:
     """Check every option, train, print one line per layer; GhostTrackError if any layer failed."""
     from ghosttrack.train.layers import train_layers
 
-    run = from_options(TrainRun, options)
-    # Every value is checked here, before the store is opened (the architecture's own settings need
-    # the store's d_model and are checked when its config is built).
-    shape = from_options(SAEShape, options)
-    check_sae_options(shape.arch, values_for(ARCHITECTURES[shape.arch].config_class, options))
-    from_options(TrainerConfig, options)
+    run = check_training_options(options)
     options = {**options, "layers": run.layers or "all"}
     options.pop("layer", None)
     try:

@@ -3,58 +3,54 @@ repair), save the resolved config. `ghosttrack extract` and `ghosttrack run` cal
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+from ghosttrack.config_fields import from_options
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.extract.config import NOT_SAVED, ExtractConfig
 from ghosttrack.interrupts import INTERRUPTED_EXIT
-from ghosttrack.run_config import parse_layers, parse_token_count, save_resolved_config
+from ghosttrack.run_config import parse_layers, save_resolved_config
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_extraction(options: dict, *, command: str) -> Path:
-    """Check everything that needs no model weights, then load the model and extract (or repair)."""
+def run_extraction(config: ExtractConfig | dict, *, command: str = "extract") -> Path:
+    """Check everything that needs no model weights, then load the model and extract (or repair).
+
+    `config`: an ExtractConfig, or the options of `ghosttrack extract` (checked into one)."""
     from accelerate import Accelerator
 
-    from ghosttrack.corpus.sources import open_corpus
     from ghosttrack.extract import preflight
     from ghosttrack.extract.extractor import STORE_DTYPE_NAMES, ExtractionPlan, HiddenStateExtractor
     from ghosttrack.extract.models import load_model
     from ghosttrack.precision import resolve_dtype
     from ghosttrack.store.location import as_location
 
-    if options["resume"] and options["overwrite"]:
-        raise GhostTrackError("--resume and --overwrite exclude each other; pass one")
-    repair, break_lock = options.get("repair", False), options.get("break_lock", False)
-    if repair and not options["resume"]:
-        raise GhostTrackError("--repair mends an existing store; pass it together with --resume")
-    tokens = parse_token_count(options["tokens"])
-    mode = "resume" if options["resume"] else "overwrite" if options["overwrite"] else "create"
-    out = as_location(options["out"])  # a bad URL, or a missing s3fs/gcsfs, stops here
+    cfg = config if isinstance(config, ExtractConfig) else from_options(ExtractConfig, config)
+    out = as_location(cfg.out)  # a bad URL, or a missing s3fs/gcsfs, stops here
     # Cheap checks first: nothing up to the model load reads weights or writes a file.
-    preflight.check_device(options["device"])
-    shape = preflight.read_model_shape(options["model"], gguf=options["gguf"], revision=options["revision"])
-    layers = parse_layers(options["layers"], shape.n_layers)
-    device = None if options["device"] in (None, "auto") else options["device"]
+    preflight.check_device(cfg.device)
+    shape = preflight.read_model_shape(cfg.model, gguf=cfg.gguf, revision=cfg.revision)
+    layers = parse_layers(cfg.layers, shape.n_layers)
+    device = None if cfg.device in (None, "auto") else cfg.device
     accelerator = Accelerator(cpu=device == "cpu")
     device = device or accelerator.device
-    dtype, dtype_warning = resolve_dtype(options["dtype"], device)
-    plan = ExtractionPlan(layers=layers, target_tokens=tokens, seq_len=options["seq_len"], hook=options["hook"],
-                          chunk_tokens=options["chunk_tokens"], compute_dtype=dtype,
-                          shard_chunks=options.get("shard_chunks") or 1,
-                          store_dtype=options.get("store_dtype") or "fp16")
-    preflight.check_model_fits(shape, layers, plan.seq_len, options["model"])
-    corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],
-                         wiki_date=options["wiki_date"], text_field=options["text_field"])
+    dtype, dtype_warning = resolve_dtype(cfg.dtype, device)
+    plan = ExtractionPlan(layers=layers, target_tokens=cfg.target_tokens, seq_len=cfg.seq_len, hook=cfg.hook,
+                          chunk_tokens=cfg.chunk_tokens, compute_dtype=dtype, shard_chunks=cfg.shard_chunks,
+                          store_dtype=cfg.store_dtype)
+    preflight.check_model_fits(shape, layers, plan.seq_len, cfg.model)
+    corpus = cfg.open()
     preflight.check_corpus(corpus)
-    expected = {"model": preflight.model_name(options["model"], options["gguf"]), "hook": plan.hook,
+    expected = {"model": preflight.model_name(cfg.model, cfg.gguf), "hook": plan.hook,
                 "layers": plan.layers, "d_model": shape.d_model, "context_length": plan.seq_len,
                 "chunk_tokens": plan.chunk_tokens, "target_tokens": plan.target_tokens, "corpus": corpus.describe(),
                 "compute_dtype": dtype, "dtype": STORE_DTYPE_NAMES[plan.store_dtype]}
-    nothing_to_do = preflight.check_store_state(out, mode, expected, break_lock=break_lock)
-    if nothing_to_do and not repair:
+    nothing_to_do = preflight.check_store_state(out, cfg.mode, expected, break_lock=cfg.break_lock)
+    if nothing_to_do and not cfg.repair:
         if accelerator.is_main_process:
             _say(nothing_to_do)
         return out
@@ -62,16 +58,16 @@ def run_extraction(options: dict, *, command: str) -> Path:
         _say(dtype_warning)
     try:
         if accelerator.is_main_process:
-            _say(f"loading {options['model']} ({dtype}) ...")
-        loaded = load_model(options["model"], gguf=options["gguf"], dtype=dtype, device=device,
-                            revision=options["revision"], causal_lm=False)
+            _say(f"loading {cfg.model} ({dtype}) ...")
+        loaded = load_model(cfg.model, gguf=cfg.gguf, dtype=dtype, device=device, revision=cfg.revision,
+                            causal_lm=False)
         extractor = HiddenStateExtractor(loaded, corpus, out, accelerator=accelerator)
-        if repair:
-            _repair(extractor, plan, out, options["batch_size"], progress=accelerator.is_local_main_process)
+        if cfg.repair:
+            _repair(extractor, plan, out, cfg.batch_size, progress=accelerator.is_local_main_process)
         if not nothing_to_do:
-            extractor.extract(plan, batch_size=options["batch_size"], mode=mode, break_lock=break_lock,
+            extractor.extract(plan, batch_size=cfg.batch_size, mode=cfg.mode, break_lock=cfg.break_lock,
                               progress=accelerator.is_local_main_process,
-                              host_buffer_bytes=(options.get("host_buffer_mb") or 2048) << 20)
+                              host_buffer_bytes=cfg.host_buffer_mb << 20)
     except KeyboardInterrupt:
         from ghosttrack.store.format import read_store_attrs
 
@@ -81,9 +77,8 @@ def run_extraction(options: dict, *, command: str) -> Path:
         _say(f"\ninterrupted: {kept}")
         sys.exit(INTERRUPTED_EXIT)
     if accelerator.is_main_process:
-        # --resume/--overwrite/--repair say how to treat an existing store, not what the store is.
-        saved = {k: v for k, v in options.items() if k not in ("resume", "overwrite", "repair", "break_lock", "device")}
-        save_resolved_config(out, command="extract", options=saved)
+        saved = {k: v for k, v in asdict(cfg).items() if k not in NOT_SAVED}
+        save_resolved_config(out, command=command, options=saved)
         _say(f"wrote {out}")
     return out
 
