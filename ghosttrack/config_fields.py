@@ -4,6 +4,7 @@ options from this (ghosttrack.cli.options); library code maps option dicts back 
 
 A field's `metadata` may say how it appears on the command line:
     flag     the option's name when it is not `--field-name` (e.g. "--warmup" for warmup_fraction)
+    param    its key in the parsed options and a saved config.json when not the flag's name (sae_path)
     choices  the values it accepts (shown as a click.Choice)
     aliases  other accepted spellings, mapped to the value (e.g. {"fp32": "float32"})
     invert   a bool field shown as the flag that turns it off (e.g. --keep-flagged for skip_flagged)
@@ -70,6 +71,10 @@ def flag_name(field: dataclasses.Field, flags: dict[str, str] | None = None) -> 
 
 
 def param_name(field: dataclasses.Field, flags: dict[str, str] | None = None) -> str:
+    """The option's key in a parsed command line and in a saved config.json: `param` in the metadata
+    (e.g. sae_path for --sae), else the flag's name (warmup for --warmup)."""
+    if "param" in field.metadata and not (flags and field.name in flags):
+        return field.metadata["param"]
     return flag_name(field, flags).lstrip("-").replace("-", "_")
 
 

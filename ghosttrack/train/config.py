@@ -6,7 +6,7 @@ from typing import Any
 
 from ghosttrack.config_fields import ConfigError, check_fields
 from ghosttrack.train.schedule import SCHEDULES
-from ghosttrack.store.stats import MAX_NORM_RATIO
+from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
 
 DTYPES = ("auto", "float32", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -96,21 +96,6 @@ class TrainerConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainerConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def parse_positions(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
-    """'0,1' / [0, 1] / '' / None -> sorted unique positions (0, 1) / () ; ValueError for anything else."""
-    if value is None or isinstance(value, (list, tuple)):
-        items = list(value or ())
-    else:
-        items = [p for p in str(value).replace(" ", "").strip("[]()").split(",") if p and p.lower() != "none"]
-    try:
-        positions = tuple(sorted({int(p) for p in items}))
-    except ValueError:
-        raise ValueError(f"skip_positions must be positions like 1 or 0,1, got {value!r}") from None
-    if any(p < 0 for p in positions):
-        raise ValueError(f"skip_positions must be >= 0, got {value!r}")
-    return positions
 
 
 def _default_arch() -> str:
