@@ -9,6 +9,7 @@ A field's `metadata` may say how it appears on the command line:
     aliases  other accepted spellings, mapped to the value (e.g. {"fp32": "float32"})
     invert   a bool field shown as the flag that turns it off (e.g. --keep-flagged for skip_flagged)
     hidden   not a command-line option
+    negatable  a bool shown as a --name/--no-name pair
     argument a positional argument (e.g. the STORE of `ghosttrack info STORE`), not an --option
     required the command line must give it (its dataclass default is None: "not given")
     min, max       inclusive bounds of a number (checked by `check_fields`)

@@ -82,6 +82,29 @@ def parse_layers(spec: str | list[int], n_layers: int | None = None) -> list[int
     return sorted(layers)
 
 
+@dataclass
+class StoreArgument:
+    """`ghosttrack info STORE` and `ghosttrack verify STORE`: the store, named by its path or URL."""
+
+    store: str | None = field(default=None, metadata={"argument": True, "required": True})
+    """Activation store: a directory, or s3://BUCKET/RUN, gs://BUCKET/RUN, memory://RUN."""
+
+    def __post_init__(self) -> None:
+        from ghosttrack.config_fields import ConfigError, check_fields
+
+        check_fields(self)
+        if self.store is not None and not self.store.strip():
+            raise ConfigError("STORE is empty; pass the --out of ghosttrack extract")
+
+
+@dataclass
+class VerifyRun(StoreArgument):
+    """`ghosttrack verify STORE`."""
+
+    progress: bool = field(default=True, metadata={"negatable": True})
+    """Show a progress bar."""
+
+
 def check_local_output(flag: str, value: str | None) -> None:
     """Outputs written to a local folder (SAEs, reports): a store URL there would otherwise become a
     local folder named 's3:'. One line, exit 2, before any work."""

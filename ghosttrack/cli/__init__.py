@@ -10,6 +10,7 @@ from ghosttrack.cli.common import config_option
 from ghosttrack.cli.options import config_command_options
 from ghosttrack.config_fields import from_options
 from ghosttrack.extract.config import ExtractConfig
+from ghosttrack.run_config import StoreArgument
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.store.errors import StoreError
 
@@ -109,10 +110,10 @@ def extract(**options) -> None:
 
 
 @main.command()
-@click.argument("store")
-def info(store: str) -> None:
+@config_command_options(StoreArgument)
+def info(**options) -> None:
     """Print a store's model, layers, tokens, size on disk and chunking."""
     from ghosttrack.store.reader import ActivationStore
 
-    click.echo(ActivationStore.open(store).summary())
+    click.echo(ActivationStore.open(from_options(StoreArgument, options).store).summary())
 

@@ -46,11 +46,15 @@ def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), defaults_in_help
         kind = _click_type(hints[field.name])
         name = param_name(field, flags)
         if meta.get("argument"):
-            options.append(click.argument(name, type=kind, required=meta.get("required", default is None),
-                                          default=default))
+            extra = {"default": default} if default is not None else {}
+            options.append(click.argument(name, type=kind, required=bool(meta.get("required")), **extra))
             continue
         flag = flag_name(field, flags)
         if kind is bool:
+            if meta.get("negatable"):  # --progress/--no-progress
+                options.append(click.option(f"{flag}/--no-{flag[2:]}", name, default=bool(default),
+                                            show_default=True, help=help_text))
+                continue
             flag_default = not default if meta.get("invert") else bool(default)
             options.append(click.option(flag, name, is_flag=True, default=flag_default, help=help_text))
             continue
