@@ -67,7 +67,10 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     if "options" in data and isinstance(data["options"], dict):
         options = dict(data["options"])
     else:
-        options = {k: v for k, v in data.items() if not isinstance(v, dict) or k == "corpus_options"}
+        known = {p.name for p in ctx.command.params}
+        # A mapping under a section name is a section; under one of this command's options, a wrong value.
+        options = {k: v for k, v in data.items()
+                   if not isinstance(v, dict) or k == "corpus_options" or k.replace("-", "_") in known}
         for section in ("extract", "train", command) if command == "run" else (command,):
             if isinstance(data.get(section), dict):
                 options.update(data[section])
@@ -77,8 +80,24 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     if unknown:
         raise click.BadParameter(f"config file {value} has unknown option(s) {', '.join(unknown)} for `{command}`")
     options.pop("config", None)
+    params = {p.name: p for p in ctx.command.params}
+    for key, val in options.items():
+        options[key] = _config_value(value, params[key], val)
     ctx.default_map = {**(ctx.default_map or {}), **options}
     return value
+
+
+def _config_value(path: str, param: click.Parameter, value: Any) -> Any:
+    """A value from a config file as the option takes it: a list where one value belongs is refused
+    in one line (click would raise a TypeError), except a list of numbers for a text option, which is
+    how a saved config.json holds positions and layers ([1, 2] -> "1,2")."""
+    if not isinstance(value, (list, tuple, dict)) or param.multiple or (param.nargs or 1) != 1:
+        return value
+    if isinstance(param.type, click.types.StringParamType) and isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(map(str, value)) or "none"
+    kind = "a mapping" if isinstance(value, dict) else "a list"
+    raise click.BadParameter(f"config file {path}: {param.name} takes one value, got {kind} ({json.dumps(value)})")
 
 
 def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
