@@ -10,6 +10,7 @@ A field's `metadata` may say how it appears on the command line:
     invert   a bool field shown as the flag that turns it off (e.g. --keep-flagged for skip_flagged)
     hidden   not a command-line option
     negatable  a bool shown as a --name/--no-name pair
+    check    a function of the value that raises GhostTrackError when it is wrong (e.g. a device name)
     argument a positional argument (e.g. the STORE of `ghosttrack info STORE`), not an --option
     required the command line must give it (its dataclass default is None: "not given")
     min, max       inclusive bounds of a number (checked by `check_fields`)
@@ -190,6 +191,8 @@ def check_value(field: dataclasses.Field, hint: Any, value: Any) -> Any:
         value = meta.get("aliases", {}).get(value, value)
         if value not in choices:
             raise ConfigError(f"{label}: must be one of {', '.join(map(str, choices))}{fix}")
+    if "check" in meta:
+        meta["check"](value)
     return value
 
 

@@ -55,3 +55,23 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def check_device(device: str | None) -> None:
+    """--device names a device this machine has (auto, cpu, cuda or cuda:N); GhostTrackError otherwise."""
+    from ghosttrack.errors import GhostTrackError
+
+    if device in (None, "auto", "cpu"):
+        return
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GhostTrackError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GhostTrackError(f"--device {device} was asked for but no CUDA device is visible; use --device cpu")
+        if wanted.index is not None and wanted.index >= torch.cuda.device_count():
+            raise GhostTrackError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                  f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif wanted.type != "cpu":
+        raise GhostTrackError(f"--device {device} is not supported; use auto, cpu or cuda[:N]")

@@ -26,11 +26,22 @@ class ModelSource:
     """GGUF file name inside --model's directory (or a path to one)."""
 
 
+def check_device(device: str | None) -> None:
+    """The device check of every `--device` (precision.check_device, imported when used: it needs torch)."""
+    from ghosttrack.precision import check_device as check
+
+    check(device)
+
+
+DEVICE = {"check": check_device}
+"""Metadata of every `device` field (a command that redeclares the field keeps the check)."""
+
+
 @dataclass
 class DevicePlacement:
     """Where a command computes (shared by every command that runs on one device)."""
 
-    device: str | None = None
+    device: str | None = field(default=None, metadata=DEVICE)
     """Device: cpu, cuda or cuda:N (default: cuda if present, else cpu)."""
 
 

@@ -17,7 +17,7 @@ from ghosttrack.detect.methods import build_methods
 from ghosttrack.detect.report import write_results
 from ghosttrack.config_fields import check_fields
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import MODEL_DTYPES, parse_layers
+from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DetectConfig:
     """Use a random subset of whole groups of about this many examples per source."""
     probe_layers: list[int] | str | None = None
     """Layers the residual probe chooses among (inside the training folds): 0-29, 0,6,11 or all (None)."""
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata=DEVICE)
     """Device of the forward pass."""
     dtype: str = field(default="fp32", metadata={"choices": MODEL_DTYPES})
     """Model dtype."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ghosttrack.config_fields import ConfigError, check_fields
 from ghosttrack.corpus.config import CorpusConfig
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import MODEL_DTYPES, DevicePlacement, ModelDtype, ModelSource, parse_layers, \
+from ghosttrack.run_config import DEVICE, MODEL_DTYPES, DevicePlacement, ModelDtype, ModelSource, parse_layers, \
     parse_token_count
 
 HOOK_POINTS = ("resid_post", "resid_pre")
@@ -45,7 +45,7 @@ class ExtractConfig(ModelDtype, DevicePlacement, CorpusConfig, ModelSource):
     """Host (pinned) memory for batches on their way to the disk."""
     layers: str = "all"
     """Blocks to store: 0-11, 0,6,11 or all."""
-    device: str | None = None
+    device: str | None = field(default=None, metadata=DEVICE)
     """Device (default: what accelerate picks: cuda if present)."""
     shard_chunks: int = field(default=1, metadata={"min": 1})
     """Store N chunks per zarr v3 shard (one object each: far fewer objects on s3://, gs://); a shard is then

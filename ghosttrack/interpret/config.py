@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DevicePlacement, ModelSource, check_local_output
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, check_local_output
 from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
 
 FORMATS = ("auto", "json", "jsonl")
@@ -51,7 +51,7 @@ class InterpretConfig(DevicePlacement, ModelSource):
     that section is omitted."""
     logit_tokens: int = field(default=10, metadata={"min": 1, "hidden": True})
     """Promoted and suppressed tokens listed per feature."""
-    device: str | None = "cpu"
+    device: str | None = field(default="cpu", metadata=DEVICE)
     """Device of the encoder pass and the top-k merge (None or auto: cuda if present, else cpu)."""
     output_format: str = field(default="auto", metadata={"flag": "--format", "param": "output_format", "choices": FORMATS})
     """'json' (one list), 'jsonl' (one feature per line), or 'auto': jsonl above `jsonl_above` features."""
@@ -90,7 +90,7 @@ class InterpretRun(InterpretConfig):
     """Store layer to read (default: the SAE's hook_layer)."""
     out: str = "runs/interp"
     """Output folder; each layer goes to OUT/layer_<i>/."""
-    device: str | None = None
+    device: str | None = field(default=None, metadata=DEVICE)
     """Device for the pass (default: cuda if present, else cpu)."""
     show: str = ""
     """Feature ids to print in the terminal, e.g. 0,17,42."""

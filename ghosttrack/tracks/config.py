@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DevicePlacement, ModelDtype, ModelSource, check_local_output
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelDtype, ModelSource, check_local_output
 
 DEFAULT_MIN_SCORE = 0.3
 """Edges scoring below this link nothing (the tracker's default)."""
@@ -28,7 +28,7 @@ class MatchRun(DevicePlacement):
     """Activation store the SAEs were trained on: score by co-activation over its held-out rows."""
     top: int = field(default=8, metadata={"min": 1})
     """Candidates kept per latent."""
-    device: str | None = None
+    device: str | None = field(default=None, metadata=DEVICE)
     """Device of the blocked computation (default: cuda if present, else cpu)."""
     src_block: int = field(default=2048, metadata={"min": 1})
     """Source latents per tile of the data-free matching."""

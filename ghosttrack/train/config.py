@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.run_config import DEVICE
 from ghosttrack.train.schedule import SCHEDULES
 from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
 
@@ -44,7 +45,7 @@ class TrainerConfig:
     dtype: str = field(default="auto", metadata={"choices": DTYPES, "aliases": DTYPE_ALIASES})
     """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32); auto:
     bfloat16 on a GPU that supports it, float32 on the CPU (resolved here, so checkpoints hold the choice)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=DEVICE)
     """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
     seed: int = field(default=0, metadata={"min": 0})
     """Seeds the SAE's initialisation and the loader's split and order."""
@@ -85,7 +86,10 @@ class TrainerConfig:
             self.dtype = DTYPE_ALIASES[resolve_dtype("auto", self.device)[0]]
         if self.max_norm_ratio == 0:
             self.max_norm_ratio = None  # the command line's "0 keeps every row"
-        self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
+        try:
+            self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
+        except ValueError as exc:
+            raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
         # Checkpoints fall on log boundaries, where the loop has synced and checked the loss.
         self.checkpoint_every = -(-self.checkpoint_every // self.log_every) * self.log_every
 
