@@ -68,7 +68,7 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
     from ghosttrack.corpus.packing import pack_batches
     from ghosttrack.evaluate import default_output, evaluate_sae, held_out_skip, sae_hook
     from ghosttrack.extract.models import load_model
-    from ghosttrack.extract.preflight import read_model_shape
+    from ghosttrack.extract.preflight import check_corpus, read_model_shape
     from ghosttrack.interpret.inputs import sae_skip_positions
     from ghosttrack.precision import resolve_device
     from ghosttrack.sae.agreement import check_layer_agreement, resolve_recorded_path
@@ -100,6 +100,7 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
                         skip_positions=cfg.skip_positions if cfg.skip_positions is not None
                         else sae_skip_positions(sae))
     corpus = cfg.open()
+    check_corpus(corpus)  # reachable, with a document, before minutes of model loading
     if cfg.skip_tokens == "auto":
         skip, why = held_out_skip(sae, corpus.describe(), config.seq_len, sae_dir=cfg.sae_path)
     else:
