@@ -10,6 +10,7 @@ A field's `metadata` may say how it appears on the command line:
     invert   a bool field shown as the flag that turns it off (e.g. --keep-flagged for skip_flagged)
     hidden   not a command-line option
     negatable  a bool shown as a --name/--no-name pair
+    old_flags  {earlier spelling: its key} of a flag, still accepted (hidden from --help)
     check    a function of the value that raises GhostTrackError when it is wrong (e.g. a device name)
     argument a positional argument (e.g. the STORE of `ghosttrack info STORE`), not an --option
     required the command line must give it (its dataclass default is None: "not given")
@@ -99,6 +100,8 @@ def values_for(cls: type, options: dict[str, Any], *, skip: tuple[str, ...] = ()
         if field.name in skip or name not in options or options[name] is None:
             continue
         value = options[name]
+        if field.metadata.get("old_flags") and any(options.get(old) for old in field.metadata["old_flags"].values()):
+            value = True  # an earlier spelling of the same flag was given
         if field.metadata.get("invert"):
             value = not value
         values[field.name] = field.metadata.get("aliases", {}).get(value, value)

@@ -85,6 +85,8 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
     model = cfg.model or resolve_recorded_path(sae.metadata.get("model_name"), cfg.sae_path)
     if not model:
         raise GhostTrackError("the SAE's metadata names no model; pass --model")
+    corpus = cfg.open()
+    check_corpus(corpus)  # reachable, with a document, before minutes of model loading
     context = read_model_shape(model, gguf=cfg.gguf).context_length
     if context is not None and cfg.seq_len > context:
         raise ConfigError(f"--seq-len {cfg.seq_len} is longer than {model}'s context of {context} positions; "
@@ -99,8 +101,6 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
                         dense_threshold=cfg.dense_threshold,
                         skip_positions=cfg.skip_positions if cfg.skip_positions is not None
                         else sae_skip_positions(sae))
-    corpus = cfg.open()
-    check_corpus(corpus)  # reachable, with a document, before minutes of model loading
     if cfg.skip_tokens == "auto":
         skip, why = held_out_skip(sae, corpus.describe(), config.seq_len, sae_dir=cfg.sae_path)
     else:

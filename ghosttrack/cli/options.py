@@ -57,6 +57,8 @@ def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), defaults_in_help
                 continue
             flag_default = not default if meta.get("invert") else bool(default)
             options.append(click.option(flag, name, is_flag=True, default=flag_default, help=help_text))
+            for old_flag, old_name in meta.get("old_flags", {}).items():  # earlier spellings, kept working
+                options.append(click.option(old_flag, old_name, is_flag=True, default=flag_default, hidden=True))
             continue
         choices = meta.get("choices")
         click_type = click.Choice([*choices, *meta.get("aliases", {})]) if choices else kind

@@ -27,9 +27,10 @@ class InterpretConfig(DevicePlacement, ModelSource):
     """Tokens of context shown before the activating token (never crossing into another sequence)."""
     context_after: int = field(default=4, metadata={"min": 0})
     """Tokens of context shown after it."""
-    skip_flagged: bool = field(default=True, metadata={"flag": "--include-flagged", "invert": True})
-    """Skip rows flagged by the store (position 0: attention sinks), as training does (--include-flagged
-    scans them too)."""
+    skip_flagged: bool = field(default=True, metadata={"flag": "--keep-flagged", "invert": True,
+                                                        "old_flags": {"--include-flagged": "include_flagged"}})
+    """Skip position-0 rows (attention sinks), as training does (--keep-flagged scans them too; the
+    same flag as train's)."""
     max_norm_ratio: float | None = field(default=MAX_NORM_RATIO, metadata={"min": 0})
     """Skip rows whose norm exceeds this x the layer's median norm (attention sinks), as training does;
     0 or None keeps all."""

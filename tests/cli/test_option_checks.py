@@ -165,3 +165,15 @@ def test_a_second_ctrl_c_names_itself(monkeypatch, tmp_path):
     monkeypatch.setattr("ghosttrack.train.layers.train_layers", interrupted)
     result = CliRunner().invoke(main, ["train", "--store", "s", "--out", str(tmp_path / "o")])
     assert "interrupted (Ctrl-C)" in result.stderr and "()" not in result.stderr
+
+
+@pytest.mark.parametrize("flag,skip", [(None, True), ("--keep-flagged", False), ("--include-flagged", False)])
+def test_interpret_takes_train_s_position_0_flag_and_its_old_spelling(flag, skip, tmp_path):
+    from ghosttrack.cli.analysis import interpret
+    from ghosttrack.config_fields import from_options
+    from ghosttrack.interpret.config import InterpretRun
+
+    args = ["--store", "s", "--sae", str(tmp_path), *([flag] if flag else [])]
+    params = interpret.make_context("interpret", list(args)).params
+    assert from_options(InterpretRun, params).skip_flagged is skip
+    assert "--include-flagged" not in interpret.get_help(interpret.make_context("interpret", list(args)))
