@@ -13,19 +13,7 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.evaluate_run import EvaluateRun
 from ghosttrack.interpret.config import SKIP_POSITIONS_HELP, InterpretRun
 from ghosttrack.run_config import save_resolved_config
-
-
-def sae_dirs(path: str | Path) -> list[Path]:
-    """An SAE directory, or a folder of per-layer ones (layer_<i>/), as a sorted list."""
-    path = Path(path)
-    if (path / "cfg.json").is_file():
-        return [path]
-    found = sorted((p for p in path.glob("layer_*") if (p / "cfg.json").is_file()),
-                   key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1)
-    if not found:
-        raise GhostTrackError(f"{path} holds no SAE (cfg.json + sae_weights.safetensors) and no layer_<i>/ SAE "
-                              "folders; pass the folder ghosttrack train wrote")
-    return found
+from ghosttrack.sae.folders import sae_dirs
 
 
 @click.command()

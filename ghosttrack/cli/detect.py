@@ -37,7 +37,7 @@ def detect(ctx, **options) -> None:
     ghosttrack detect --data sae-probes:truthqa_tf --test-data sae-probes:sciq_tf \\
         --model SmolLM2-135M-Instruct.Q4_1.gguf --sae runs/sae --out runs/detect
     """
-    from ghosttrack.cli.analysis import sae_dirs
+    from ghosttrack.sae.folders import sae_dirs
     from ghosttrack.detect.pipeline import run_detection
     from ghosttrack.detect.report import markdown_table
 
