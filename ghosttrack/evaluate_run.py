@@ -2,7 +2,6 @@
 held-out text, the model, the three runs per batch (evaluate.py) and the result file."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +72,7 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
     from ghosttrack.precision import resolve_device
     from ghosttrack.sae.agreement import check_layer_agreement, resolve_recorded_path
     from ghosttrack.sae.module import load_sae
+    from ghosttrack.store.files import write_json
 
     device = resolve_device(cfg.device)
     sae = load_sae(cfg.sae_path, device=device)
@@ -116,5 +116,5 @@ def run_evaluation(cfg: EvaluateRun, options: dict[str, Any] | None = None) -> t
     result.update(command="evaluate", options=saved)
     out = Path(cfg.out) if cfg.out else default_output(cfg.sae_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out, result, default=str, newline=True)  # atomic: an interrupted write never leaves half a file
     return result, out

@@ -2,7 +2,6 @@
 (a resolved config that `--config` reproduces exactly). Library code; no command-line parsing."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,17 +127,12 @@ def check_local_output(flag: str, value: str | None) -> None:
 
 def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:
     """Write {command, options} so that `--config` on that file reproduces the run exactly."""
-    from ghosttrack.store.location import as_location, is_remote
+    from ghosttrack.store.files import write_json
+    from ghosttrack.store.location import as_location
 
     directory = as_location(directory)
     directory.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in options.items() if k != "config"}
     path = directory / CONFIG_FILENAME
-    if is_remote(path):  # one PUT is atomic
-        path.write_bytes((json.dumps({"command": command, "options": clean}, indent=2, sort_keys=True,
-                                     default=str) + "\n").encode())
-        return path
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"command": command, "options": clean}, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    write_json(path, {"command": command, "options": clean}, default=str, newline=True)
     return path
