@@ -1,4 +1,4 @@
-"""The `ghosttrack` command line: extract, info, train, run, interpret, evaluate."""
+"""The `ghosttrack` command line: extract, info, verify, train, run, interpret, evaluate, match, track, detect."""
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,4 @@
-"""`ghosttrack interpret` and `ghosttrack evaluate` (added to the main group in cli.py)."""
+"""`ghosttrack interpret` and `ghosttrack evaluate` (registered lazily in cli/__init__.py)."""
 from __future__ import annotations
 
 import json
