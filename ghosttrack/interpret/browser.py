@@ -1,12 +1,13 @@
 """The static HTML feature browser: open `index.html` from disk, no server.
 
-Browsers block `fetch` on file:// pages, so the data travels as JavaScript files that
-call `GT.overview(...)` / `GT.part(i, ...)` / `GT.text(i, ...)`: `browser_data/overview.js`
-(the layer summary and a few numbers per feature, enough to sort and to search tokens) is
-loaded by a <script> tag; `browser_data/features_<i>.js` (examples, quantiles, histograms,
-neighbours and logits of PART_SIZE features) is loaded when a feature page opens, and
-`browser_data/text_<i>.js` (the texts of each feature's top SEARCH_EXAMPLES contexts) only
-when a search runs, so a large dictionary opens as fast as a small one.
+Browsers block `fetch` on file:// pages, so the data travels as JavaScript files that call
+`GT.overview(...)` / `GT.tokens(...)` / `GT.part(i, ...)` / `GT.text(i, ...)`:
+`browser_data/overview.js` (the layer summary and a few numbers per feature, enough to sort and
+to search tokens) is loaded by a <script> tag; `tokens.js` (the layer's one token table) and
+`features_<i>.js` (examples, quantiles, histograms, neighbours and logits of PART_SIZE features,
+packed as pack.py describes: shared windows, uint8 activations) load when a feature page opens,
+and `text_<i>.js` (the texts of each feature's top SEARCH_EXAMPLES contexts) only when a search
+runs, so a large dictionary opens as fast as a small one.
 All data is inserted into the page with textContent, never parsed as HTML.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ghosttrack.interpret.pack import TokenTable, WindowPacker, b64, feature_scale, quantise
 
 PART_SIZE = 256
 """Features per data file."""
@@ -33,7 +36,7 @@ def _js_call(function: str, *args: Any) -> str:
     return f"{function}({payload});\n"
 
 
-def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any], top_k: int = 0) -> dict[str, Any]:
     """The layer summary plus one compact row per feature (density, max, mean, count, common tokens)."""
     keys = ("layer", "model", "hook", "store", "sae_path", "d_in", "d_sae", "rows_scanned", "rows_skipped_flagged",
             "rows_skipped_outliers", "rows_skipped_positions", "skip_positions", "dead", "dense", "density_histogram",
@@ -41,32 +44,57 @@ def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dic
     return {
         **{k: summary.get(k) for k in keys},
         "part_size": PART_SIZE,
+        "search_examples": SEARCH_EXAMPLES,
+        "top_k": (summary.get("config") or {}).get("top_k") or top_k,
         "features": {name: [row[name] for row in rows] for name in ("density", "max", "mean", "count", "tokens")},
     }
 
 
-def _example(ex: dict[str, Any]) -> list:
-    """[activation, position, tokens, token_index, row, per-token activations, doc_start, eos indices]."""
-    return [ex["activation"], ex["position"], ex.get("tokens", [ex["text"]]), ex.get("token_index", 0),
-            ex.get("row", -1), ex.get("acts"), ex.get("doc_start", False), ex.get("eos", [])]
+def _example(ex: dict[str, Any], windows: WindowPacker, scale: float) -> list:
+    """[activation, position, window key, token_index, doc_start, uint8 activations (base64) or None];
+    the window key becomes (offset, length) in the data file's token stream once all are added."""
+    acts = ex.get("acts")
+    return [ex["activation"], ex["position"], windows.add(ex), ex.get("token_index", 0), int(bool(ex.get("doc_start"))),
+            b64(quantise(acts, scale)) if acts is not None else None]
 
 
-def part_payload(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per feature: examples (see `_example`), quantile bands [lo, hi, examples], histogram, links, logits."""
-    return [{
-        "id": r["feature_id"],
-        "common": r["common_tokens"],
-        "hist": r.get("histogram", {"bin_edges": [], "counts": []}),
-        "examples": [_example(ex) for ex in r["top_examples"]],
-        "quantiles": [[q["lo"], q["hi"], [_example(ex) for ex in q["examples"]]] for q in r.get("quantiles", [])],
-        "neighbors": r.get("neighbors", []),
-        "logits": r.get("logits"),
-    } for r in records]
+def part_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, Any]:
+    """One data file: the windows' token stream and, per feature, its examples (see `_example`),
+    quantile bands [lo, hi, examples], histogram, neighbours and logits, tokens as table indices."""
+    windows = WindowPacker(table)
+    features = []
+    for r in records:
+        shown = r["top_examples"] + [ex for q in r.get("quantiles", []) for ex in q["examples"]]
+        scale = feature_scale(shown)
+        logits = r.get("logits")
+        if logits is not None:
+            logits = {**logits, **{side: [[table.index(t), v] for t, v in logits[side]]
+                                   for side in ("promoted", "suppressed")}}
+        features.append({
+            "id": r["feature_id"],
+            "scale": scale,
+            "common": [[table.index(t), c] for t, c in r["common_tokens"]],
+            "hist": r.get("histogram", {"bin_edges": [], "counts": []}),
+            "examples": [_example(ex, windows, scale) for ex in r["top_examples"]],
+            "quantiles": [[q["lo"], q["hi"], [_example(ex, windows, scale) for ex in q["examples"]]]
+                          for q in r.get("quantiles", [])],
+            "neighbors": r.get("neighbors", []),
+            "logits": logits,
+        })
+    windows.finish()
+    for f in features:
+        for ex in f["examples"] + [ex for q in f["quantiles"] for ex in q[2]]:
+            ex[2:3] = windows.locate(ex[2])
+    return {**windows.payload(), "features": features}
 
 
-def text_payload(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Per feature, the texts of its top SEARCH_EXAMPLES contexts (what the text search reads)."""
-    return [[ex["text"] for ex in r["top_examples"][:SEARCH_EXAMPLES]] for r in records]
+def text_payload(records: list[dict[str, Any]]) -> dict[str, list]:
+    """The texts of each feature's top SEARCH_EXAMPLES contexts (what the text search reads): the
+    distinct texts once, and per feature the indices of its texts."""
+    texts: dict[str, int] = {}
+    features = [[texts.setdefault(ex["text"], len(texts)) for ex in r["top_examples"][:SEARCH_EXAMPLES]]
+                for r in records]
+    return {"texts": list(texts), "features": features}
 
 
 class BrowserWriter:
@@ -81,6 +109,8 @@ class BrowserWriter:
         self._rows: list[dict[str, Any]] = []  # compact per-feature rows for the overview
         self._waiting: list[dict[str, Any]] = []  # records of the data file being filled
         self._parts = 0
+        self._table = TokenTable()
+        self._top_k = 0  # the most top examples any feature has (when the summary names no top_k)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Records of the next features (ids must continue where the last call stopped)."""
@@ -91,11 +121,12 @@ class BrowserWriter:
                                "count": r["num_activations"],
                                "tokens": [[t, c] for t, c in r["common_tokens"][:SEARCH_TOKENS]]})
             self._waiting.append(r)
+            self._top_k = max(self._top_k, len(r["top_examples"]))
             if len(self._waiting) == PART_SIZE:
                 self._write_part()
 
     def _write_part(self) -> None:
-        text = _js_call("GT.part", self._parts, part_payload(self._waiting))
+        text = _js_call("GT.part", self._parts, part_payload(self._waiting, self._table))
         (self._tmp / f"features_{self._parts:04d}.js").write_text(text, encoding="utf-8")
         text = _js_call("GT.text", self._parts, text_payload(self._waiting))
         (self._tmp / f"text_{self._parts:04d}.js").write_text(text, encoding="utf-8")
@@ -106,17 +137,21 @@ class BrowserWriter:
         """Write the overview and index.html, swap the new data folder in; returns the index path."""
         if self._waiting:
             self._write_part()
-        payload = {**overview_payload(self._rows, summary), "parts": self._parts}
+        payload = {**overview_payload(self._rows, summary, self._top_k), "parts": self._parts}
         (self._tmp / "overview.js").write_text(_js_call("GT.overview", payload), encoding="utf-8")
+        (self._tmp / "tokens.js").write_text(_js_call("GT.tokens", self._table.payload()), encoding="utf-8")
         data = self.directory / DATA_DIR
         shutil.rmtree(data, ignore_errors=True)
         self._tmp.rename(data)
         title = f"GhostTrack features - layer {summary.get('layer')}"
         if summary.get("model"):
             title += f" - {Path(str(summary['model'])).name}"
-        template = resources.files("ghosttrack.interpret").joinpath("templates/browser.html").read_text(encoding="utf-8")
+        templates = resources.files("ghosttrack.interpret").joinpath("templates")
+        script = templates.joinpath("browser.js").read_text(encoding="utf-8")
+        assert "</script" not in script.lower(), "browser.js is inlined in a <script> element"
+        page = templates.joinpath("browser.html").read_text(encoding="utf-8").replace("__SCRIPT__", script)
         index = self.directory / "index.html"
-        index.write_text(template.replace("__TITLE__", html.escape(title)), encoding="utf-8")
+        index.write_text(page.replace("__TITLE__", html.escape(title)), encoding="utf-8")
         return index
 
 

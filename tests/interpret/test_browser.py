@@ -1,5 +1,6 @@
 """The static feature browser: data files, escaping, and the page itself in headless Chromium
 (per-token shading, boundaries, quantile bands, nearest features, logit lists, text search)."""
+import base64
 import json
 import re
 import shutil
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghosttrack.interpret.browser import PART_SIZE, write_browser
+from ghosttrack.interpret.browser import PART_SIZE, SEARCH_EXAMPLES, write_browser
+from ghosttrack.interpret.pack import dequantise
 from ghosttrack.interpret.features import density_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,11 +31,11 @@ def fake_records(n: int) -> list[dict]:
         token = EVIL if f == 5 else f" tok{f}"
         examples = [{"text": f"before {i} {token} after", "position": 3 + i, "activation": a, "token": token,
                      "tokens": ["before", f" {i}", token, EOS if i == 1 else " after"], "token_index": 2,
-                     "row": 100 * f + i, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
+                     "row": 100 * f + 10 * i, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
                      "eos": [3] if i == 1 else []}
                     for i, a in enumerate(acts)]
         quantiles = [] if dead else [{"band": b, "lo": b / 5, "hi": (b + 1) / 5, "examples": [
-            {**examples[0], "activation": (b + 0.5) / 5, "text": f"band {b} of {f}", "row": 7000 + b}]} for b in range(5)]
+            {**examples[0], "activation": (b + 0.5) / 5, "text": f"band {b} of {f}", "row": 10**6 + 100 * f + 10 * b}]} for b in range(5)]
         records.append({
             "feature_id": f, "active": not dead, "num_activations": 0 if dead else 40 + f,
             "top_activation": acts[0] if acts else 0.0, "mean_activation": float(np.mean(acts)) if acts else 0.0,
@@ -78,22 +80,53 @@ def _js_payload(path: Path, call: str):
     return json.loads("[" + text[len(call) + 1:-3].replace("<\\/", "</") + "]")
 
 
+def unpack(part: dict, table: dict, rec: dict, ex: list) -> dict:
+    """A packed example back to the record's fields, as the page's unpackExample reads it."""
+    act, pos, offset, length, k, doc_start, codes = ex
+    width = part["width"]
+    ids = np.frombuffer(base64.b64decode(part["tokens"]), dtype="<u4" if width == 4 else "<u2")
+    rows = np.concatenate([np.full(n, -1) if first is None else np.arange(first, first + n) for first, n in part["spans"]])
+    acts = None if codes is None else dequantise(np.frombuffer(base64.b64decode(codes), np.uint8), rec["scale"])
+    return {"activation": act, "position": pos, "token_index": k, "doc_start": bool(doc_start),
+            "tokens": [table["pieces"][i] for i in ids[offset:offset + length]], "row": int(rows[offset + k]),
+            "acts": acts, "eos": [i for i, t in enumerate(ids[offset:offset + length]) if t in table["eos"]]}
+
+
 def test_data_files(page):
     index, records = page
     data = index.parent / "browser_data"
     assert sorted(p.name for p in data.iterdir()) == ["features_0000.js", "features_0001.js", "overview.js",
-                                                      "text_0000.js", "text_0001.js"]
+                                                      "text_0000.js", "text_0001.js", "tokens.js"]
     (overview,) = _js_payload(data / "overview.js", "GT.overview")
     assert overview["d_sae"] == N_FEATURES and len(overview["features"]["density"]) == N_FEATURES
-    part, features = _js_payload(data / "features_0001.js", "GT.part")
-    assert part == 1 and [f["id"] for f in features] == list(range(PART_SIZE, N_FEATURES))
-    assert features[0]["examples"][0][2] == records[PART_SIZE]["top_examples"][0]["tokens"]
-    assert features[0]["examples"][0][5] == records[PART_SIZE]["top_examples"][0]["acts"]
-    assert features[0]["quantiles"][2][2][0][0] == records[PART_SIZE]["quantiles"][2]["examples"][0]["activation"]
-    part, texts = _js_payload(data / "text_0001.js", "GT.text")
-    assert part == 1 and texts[0] == [ex["text"] for ex in records[PART_SIZE]["top_examples"]]
+    assert overview["top_k"] == 4 and overview["search_examples"] == SEARCH_EXAMPLES
+    (table,) = _js_payload(data / "tokens.js", "GT.tokens")
+    assert len(set(table["pieces"])) == len(table["pieces"]) and EVIL in table["pieces"]
+    for name in ("features_0000.js", "features_0001.js"):
+        index_, part = _js_payload(data / name, "GT.part")
+        for rec in part["features"]:
+            want = records[rec["id"]]
+            shown = [(ex, w) for ex, w in zip(rec["examples"], want["top_examples"])]
+            shown += [(ex, w) for (_, _, exs), q in zip(rec["quantiles"], want["quantiles"])
+                      for ex, w in zip(exs, q["examples"])]
+            assert len(shown) == len(want["top_examples"]) + sum(len(q["examples"]) for q in want["quantiles"])
+            for ex, w in shown:
+                got = unpack(part, table, rec, ex)
+                for key in ("activation", "position", "token_index", "doc_start", "tokens", "row", "eos"):
+                    assert got[key] == w[key], key
+                wanted = np.array([np.nan if v is None else v for v in w["acts"]])
+                np.testing.assert_array_equal(np.isnan(got["acts"]), np.isnan(wanted))
+                # uint8 with a per-feature scale: within half a step (scale / 508) of the value.
+                assert np.nanmax(np.abs(got["acts"] - wanted)) <= rec["scale"] / 508 + 1e-12
+            assert [table["pieces"][t] for t, _ in rec["common"]] == [t for t, _ in want["common_tokens"]]
+    part_index, part = _js_payload(data / "features_0001.js", "GT.part")
+    assert part_index == 1 and [f["id"] for f in part["features"]] == list(range(PART_SIZE, N_FEATURES))
+    part_index, texts = _js_payload(data / "text_0001.js", "GT.text")
+    assert part_index == 1 and [texts["texts"][i] for i in texts["features"][0]] == [
+        ex["text"] for ex in records[PART_SIZE]["top_examples"]]
     # "</" is escaped in the data files, and the title is HTML-escaped in the page.
     assert "</" not in (data / "features_0000.js").read_text() and "</" not in (data / "overview.js").read_text()
+    assert "</" not in (data / "tokens.js").read_text()
     assert "tiny &lt;script&gt;alert(1) &amp; co" in index.read_text()
 
 
@@ -102,7 +135,7 @@ def test_rewrite_replaces_data(page, tmp_path):
     shutil.copytree(index.parent, tmp_path / "copy")
     write_browser(tmp_path / "copy", records[:10], fake_summary(records[:10]))
     assert sorted(p.name for p in (tmp_path / "copy" / "browser_data").iterdir()) == ["features_0000.js", "overview.js",
-                                                                                     "text_0000.js"]
+                                                                                     "text_0000.js", "tokens.js"]
     with pytest.raises(ValueError, match="ordered by feature id"):
         write_browser(tmp_path / "bad", records[1:5], fake_summary(records[1:5]))
 
@@ -155,7 +188,7 @@ def test_page_in_chromium(page, tmp_path):
     bands = by_id(view, "quantiles")
     assert all(f'id="band-{b}"' in bands for b in range(5)) and "Quantile 80–100%" in bands
     assert bands.count('class="example"') == 5 and ">0.7</span>" in bands  # band 3's example, activation 0.7
-    assert 'id="logits"' not in view  # no model given for this page
+    assert "pass --model" not in view and "--model &lt;the model" in by_id(view, "logits")  # no model given
     assert f'href="#feature={f + 1}"' in by_id(view, "neighbors")
     # Search by token finds the feature; search by id opens its page.
     hits = by_id(chromium(tmp_path, url + "#search=tok42", "--dump-dom"), "search-results")
