@@ -159,7 +159,8 @@ function renderPeaks(app, d) {
     peakTable(d.peak_rows.slice(3))));
   for (const p of d.peak_positions) panel.append(el("p", { class: "muted" },
     `position ${p.position}: the top example of ${p.features} of ${p.scope === "top_by_max" ? `the ${p.of} strongest` : `${p.of} live`} features `
-    + `(${pct(p.share)}; its share of the rows: ${pct(p.expected_share)})`));
+    + `(${pct(p.share)}; chance, its share of the rows: ${pct(p.expected_share)})`
+    + (p.suggest === undefined ? "" : p.suggest ? " \u2014 suggested for --skip-positions" : " \u2014 not a sink by the test above")));
   app.append(panel);
 }
 
