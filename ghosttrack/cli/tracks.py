@@ -77,7 +77,7 @@ def track(model: str, gguf: str | None, sae_dir: str, matches: str, text: str | 
     """Track one text's SAE latents from layer to layer: births, continuations, splits, merges, deaths."""
     from ghosttrack.tracks.pipeline import DEFAULT_MIN_SCORE, TrackingPipeline
     from ghosttrack.tracks.stats import token_statistics
-    from ghosttrack.tracks.view import browser_links, write_outputs
+    from ghosttrack.tracks.view import browser_links, latent_labels, write_outputs
 
     if (text is None) == (input_file is None):
         raise GhostTrackError("pass the text with exactly one of --text \"...\" or --input FILE")
@@ -96,7 +96,8 @@ def track(model: str, gguf: str | None, sae_dir: str, matches: str, text: str | 
     tracked = pipe.track_text(text)
     meta = {"model": pipe.loaded.name, "sae": str(saes.root), "matches": str(matches), "text": text,
             "min_score": pipe.tracker.min_score, "min_activation": min_activation}
-    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=shown)
+    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=shown,
+                         labels=latent_labels(interp, saes.layers), edge_score=pipe.tracker.edge_score)
     stats = token_statistics(tracked.result)
     r = tracked.result
     click.echo(f"{r.n_tokens} tokens, layers {', '.join(map(str, r.layers))}: {r.n_tracks:,} tracks, "

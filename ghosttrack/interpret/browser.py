@@ -160,3 +160,16 @@ def write_browser(directory: str | Path, records: list[dict[str, Any]], summary:
     writer = BrowserWriter(directory)
     writer.add(records)
     return writer.finish(summary)
+
+
+def read_common_tokens(directory: str | Path) -> list[list[list]] | None:
+    """Per feature, its SEARCH_TOKENS most common activating tokens [[token, count], ...], read from
+    the browser written into `directory` (a layer's interpretation folder); None without one."""
+    path = Path(directory) / DATA_DIR / "overview.js"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    prefix = "GT.overview("
+    if not (text.startswith(prefix) and text.endswith(");")):
+        raise ValueError(f"{path} is not a GhostTrack browser overview; rerun ghosttrack interpret")
+    return json.loads(text[len(prefix):-2])["features"]["tokens"]  # JSON reads "<\\/" as "</"
