@@ -6,8 +6,9 @@ Browsers block `fetch` on file:// pages, so the data travels as JavaScript files
 to search tokens) is loaded by a <script> tag; `tokens.js` (the layer's one token table) and
 `features_<i>.js` (examples, quantiles, histograms, neighbours and logits of PART_SIZE features,
 packed as pack.py describes: shared windows, uint8 activations) load when a feature page opens,
-and `text_<i>.js` (the texts of each feature's top SEARCH_EXAMPLES contexts) only when a search
-runs, so a large dictionary opens as fast as a small one.
+and `text_<i>.js` (the tokens of each feature's top SEARCH_EXAMPLES contexts) only when a search
+runs, so a large dictionary opens as fast as a small one. Numbers are kept to the 4 significant
+digits the page shows.
 All data is inserted into the page with textContent, never parsed as HTML.
 """
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import html
 import json
 import shutil
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ghosttrack.interpret.pack import TokenTable, WindowPacker, b64, feature_scale, quantise
+import numpy as np
+
+from ghosttrack.interpret.pack import TokenTable, WindowPacker, b64, feature_scale, quantise, round4, varints
 
 PART_SIZE = 256
 """Features per data file."""
@@ -51,16 +55,26 @@ def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any], top_k:
 
 
 def _example(ex: dict[str, Any], windows: WindowPacker, scale: float) -> list:
-    """[activation, position, window key, token_index, doc_start, uint8 activations (base64) or None];
-    the window key becomes (offset, length) in the data file's token stream once all are added."""
+    """[activation, position, window key, uint8 activations (base64) or None, length, token_index,
+    doc_start]; the window key becomes its offset in the data file's token stream once all are added
+    (`_finish_example`), and the last three are dropped when they are the usual window's."""
     acts = ex.get("acts")
-    return [ex["activation"], ex["position"], windows.add(ex), ex.get("token_index", 0), int(bool(ex.get("doc_start"))),
-            b64(quantise(acts, scale)) if acts is not None else None]
+    return [round4(ex["activation"]), ex["position"], windows.add(ex),
+            b64(quantise(acts, scale)) if acts is not None else None,
+            len(ex.get("tokens", [None])), ex.get("token_index", 0), int(bool(ex.get("doc_start")))]
+
+
+def _finish_example(ex: list, windows: WindowPacker, usual: tuple[int, int]) -> None:
+    offset, length = windows.locate(ex[2])
+    ex[2] = offset
+    if (length, ex[5], ex[6]) == (*usual, 0):
+        del ex[4:]
 
 
 def part_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, Any]:
-    """One data file: the windows' token stream and, per feature, its examples (see `_example`),
-    quantile bands [lo, hi, examples], histogram, neighbours and logits, tokens as table indices."""
+    """One data file: the windows' token stream (pack.WindowPacker) and, per feature, its examples
+    (see `_example`), quantile bands [lo, hi, examples], histogram, neighbours and logits, tokens as
+    indices into the layer's token table. `window`: the usual [length, token_index]."""
     windows = WindowPacker(table)
     features = []
     for r in records:
@@ -70,31 +84,44 @@ def part_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, 
         if logits is not None:
             logits = {**logits, **{side: [[table.index(t), v] for t, v in logits[side]]
                                    for side in ("promoted", "suppressed")}}
+        hist = r.get("histogram", {"bin_edges": [], "counts": []})
         features.append({
             "id": r["feature_id"],
             "scale": scale,
             "common": [[table.index(t), c] for t, c in r["common_tokens"]],
-            "hist": r.get("histogram", {"bin_edges": [], "counts": []}),
+            "hist": {"bin_edges": [round4(e) for e in hist["bin_edges"]], "counts": hist["counts"]},
             "examples": [_example(ex, windows, scale) for ex in r["top_examples"]],
-            "quantiles": [[q["lo"], q["hi"], [_example(ex, windows, scale) for ex in q["examples"]]]
+            "quantiles": [[round4(q["lo"]), round4(q["hi"]), [_example(ex, windows, scale) for ex in q["examples"]]]
                           for q in r.get("quantiles", [])],
             "neighbors": r.get("neighbors", []),
             "logits": logits,
         })
     windows.finish()
-    for f in features:
-        for ex in f["examples"] + [ex for q in f["quantiles"] for ex in q[2]]:
-            ex[2:3] = windows.locate(ex[2])
-    return {**windows.payload(), "features": features}
+    every = [ex for f in features for ex in f["examples"] + [ex for q in f["quantiles"] for ex in q[2]]]
+    shapes = Counter((ex[4], ex[5]) for ex in every)
+    usual = shapes.most_common(1)[0][0] if shapes else (0, 0)
+    for ex in every:
+        _finish_example(ex, windows, usual)
+    return {**windows.payload(), "window": list(usual), "features": features}
 
 
-def text_payload(records: list[dict[str, Any]]) -> dict[str, list]:
-    """The texts of each feature's top SEARCH_EXAMPLES contexts (what the text search reads): the
-    distinct texts once, and per feature the indices of its texts."""
-    texts: dict[str, int] = {}
-    features = [[texts.setdefault(ex["text"], len(texts)) for ex in r["top_examples"][:SEARCH_EXAMPLES]]
-                for r in records]
-    return {"texts": list(texts), "features": features}
+def text_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, Any]:
+    """What the text search reads: the tokens of each feature's top SEARCH_EXAMPLES contexts, as
+    one stream of table indices (base64 varints) holding each distinct context once, and per
+    feature flat [offset, length, ...] into it."""
+    seen: dict[tuple[int, ...], int] = {}
+    stream: list[int] = []
+    features = []
+    for r in records:
+        flat = []
+        for ex in r["top_examples"][:SEARCH_EXAMPLES]:
+            ids = tuple(table.index(t) for t in ex.get("tokens", [ex["text"]]))
+            if ids not in seen:
+                seen[ids] = len(stream)
+                stream.extend(ids)
+            flat += [seen[ids], len(ids)]
+        features.append(flat)
+    return {"tokens": b64(varints(np.array(stream, dtype=np.int64))), "features": features}
 
 
 class BrowserWriter:
@@ -128,7 +155,7 @@ class BrowserWriter:
     def _write_part(self) -> None:
         text = _js_call("GT.part", self._parts, part_payload(self._waiting, self._table))
         (self._tmp / f"features_{self._parts:04d}.js").write_text(text, encoding="utf-8")
-        text = _js_call("GT.text", self._parts, text_payload(self._waiting))
+        text = _js_call("GT.text", self._parts, text_payload(self._waiting, self._table))
         (self._tmp / f"text_{self._parts:04d}.js").write_text(text, encoding="utf-8")
         self._parts += 1
         self._waiting = []

@@ -9,7 +9,8 @@ features); packed as below it is a few KB:
 - **windows shared between features**: the features of one data file draw their windows from
   one stream of store rows (`WindowPacker`): each distinct row's token is stored once, and an
   example is (offset, length) into that stream, so overlapping or repeated windows cost nothing;
-  the stream is base64 of little-endian uint16 table indices (uint32 beyond 65,535 pieces);
+  the stream is base64 of the table indices as unsigned LEB128 varints (`varints`: 1 byte below
+  128, 2 below 16,384; the table numbers pieces as they first appear, so common ones are small);
 - **uint8 activations with a per-feature scale** (`quantise`): q = round(254 a / scale), any
   positive activation at least 1, 255 for "no value" (a row the pass skipped). Dequantised,
   q * scale / 254 is within scale / 508 of the activation (within scale / 254 for activations
@@ -18,6 +19,7 @@ features); packed as below it is a few KB:
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,19 +46,57 @@ def dequantise(codes: np.ndarray, scale: float) -> np.ndarray:
     return np.where(codes == MISSING, np.nan, codes.astype(np.float64) * (scale / LEVELS))
 
 
-def b64(data: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(data).tobytes()).decode("ascii")
+def b64(data: np.ndarray | bytes) -> str:
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def varints(values: np.ndarray) -> bytes:
+    """Non-negative integers as unsigned LEB128: 7 bits a byte, low bits first, high bit = more follows."""
+    v = np.asarray(values, dtype=np.uint64)
+    n_bytes = np.ones(len(v), dtype=np.int64)
+    for k in range(1, 10):
+        n_bytes += v >= (np.uint64(1) << np.uint64(7 * k))
+    out = np.zeros(int(n_bytes.sum()), dtype=np.uint8)
+    at = np.concatenate([[0], np.cumsum(n_bytes)[:-1]]).astype(np.int64)
+    for k in range(int(n_bytes.max(initial=0))):
+        live = n_bytes > k
+        byte = (v[live] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (n_bytes[live] > k + 1).astype(np.uint64) << np.uint64(7)
+        out[at[live] + k] = (byte | more).astype(np.uint8)
+    return out.tobytes()
+
+
+def read_varints(raw: bytes) -> np.ndarray:
+    """The inverse of `varints` (what the page's script does)."""
+    out, value, shift = [], 0, 0
+    for b in raw:
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            out.append(value)
+            value, shift = 0, 0
+    return np.array(out, dtype=np.int64)
+
+
+def round4(x: float) -> float:
+    """4 significant digits (what the page shows)."""
+    return float(f"{x:.4g}")
 
 
 def feature_scale(examples: list[dict[str, Any]]) -> float:
-    """The largest activation on any token the feature's pages show (1.0 when there is none)."""
+    """The largest activation on any token the feature's pages show, rounded up to 4 significant
+    digits (1.0 when there is none)."""
     top = 0.0
     for ex in examples:
         for v in ex.get("acts") or ():
             if v is not None and v == v and v > top:
                 top = float(v)
         top = max(top, float(ex["activation"]))
-    return top if top > 0 else 1.0
+    if top <= 0:
+        return 1.0
+    step = 10.0 ** (math.floor(math.log10(top)) - 3)
+    return round4(math.ceil(top / step * (1 - 1e-12)) * step)
 
 
 class TokenTable:
@@ -105,6 +145,8 @@ class WindowPacker:
             self._loose.append(ids)
             return len(self._loose) - 1
         first = int(row) - int(ex.get("token_index", 0))
+        if first < 0:
+            raise ValueError(f"the window of store row {row} starts before row 0 (token_index {ex.get('token_index')})")
         for r, tid in zip(range(first, first + len(ids)), ids):
             if self._row_token.setdefault(r, tid) != tid:
                 raise ValueError(f"store row {r} appears with two different tokens; the records disagree")
@@ -124,7 +166,7 @@ class WindowPacker:
             self._loose_at.append(len(ids))
             self.spans.append([None, len(window)])
             ids.extend(window)
-        self.ids = np.array(ids, dtype=np.uint32)
+        self.ids = np.array(ids, dtype=np.int64)
 
     def locate(self, key: tuple[int, int] | int) -> tuple[int, int]:
         """(offset, length) in the stream of a key from `add` (after `finish`)."""
@@ -134,6 +176,11 @@ class WindowPacker:
         return self._loose_at[key], len(self._loose[key])
 
     def payload(self) -> dict[str, Any]:
-        wide = len(self.table) > 0xFFFF
-        return {"spans": self.spans, "width": 4 if wide else 2,
-                "tokens": b64(self.ids.astype("<u4" if wide else "<u2"))}
+        """`tokens`: the stream (base64 varints); `spans`: flat [gap, length, ...], where gap is the
+        span's first store row minus the previous span's end (its first row for the first span),
+        and -1 for a window without a store row."""
+        flat, end = [], 0
+        for first, length in self.spans:
+            flat += [-1 if first is None else first - end, length]
+            end = end if first is None else first + length
+        return {"spans": flat, "tokens": b64(varints(self.ids))}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ghosttrack.interpret.browser import PART_SIZE, SEARCH_EXAMPLES, write_browser
-from ghosttrack.interpret.pack import dequantise
+from ghosttrack.interpret.pack import dequantise, read_varints
 from ghosttrack.interpret.features import density_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +31,7 @@ def fake_records(n: int) -> list[dict]:
         token = EVIL if f == 5 else f" tok{f}"
         examples = [{"text": f"before {i} {token} after", "position": 3 + i, "activation": a, "token": token,
                      "tokens": ["before", f" {i}", token, EOS if i == 1 else " after"], "token_index": 2,
-                     "row": 100 * f + 10 * i, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
+                     "row": 100 * f + 10 * i + 5, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
                      "eos": [3] if i == 1 else []}
                     for i, a in enumerate(acts)]
         quantiles = [] if dead else [{"band": b, "lo": b / 5, "hi": (b + 1) / 5, "examples": [
@@ -82,10 +82,13 @@ def _js_payload(path: Path, call: str):
 
 def unpack(part: dict, table: dict, rec: dict, ex: list) -> dict:
     """A packed example back to the record's fields, as the page's unpackExample reads it."""
-    act, pos, offset, length, k, doc_start, codes = ex
-    width = part["width"]
-    ids = np.frombuffer(base64.b64decode(part["tokens"]), dtype="<u4" if width == 4 else "<u2")
-    rows = np.concatenate([np.full(n, -1) if first is None else np.arange(first, first + n) for first, n in part["spans"]])
+    act, pos, offset, codes = ex[:4]
+    length, k, doc_start = ex[4:] if len(ex) > 4 else (*part["window"], 0)
+    ids = read_varints(base64.b64decode(part["tokens"]))
+    rows, end = [], 0
+    for gap, n in zip(part["spans"][::2], part["spans"][1::2]):
+        rows += [-1] * n if gap < 0 else list(range(end + gap, end + gap + n))
+        end = end if gap < 0 else end + gap + n
     acts = None if codes is None else dequantise(np.frombuffer(base64.b64decode(codes), np.uint8), rec["scale"])
     return {"activation": act, "position": pos, "token_index": k, "doc_start": bool(doc_start),
             "tokens": [table["pieces"][i] for i in ids[offset:offset + length]], "row": int(rows[offset + k]),
@@ -112,8 +115,9 @@ def test_data_files(page):
             assert len(shown) == len(want["top_examples"]) + sum(len(q["examples"]) for q in want["quantiles"])
             for ex, w in shown:
                 got = unpack(part, table, rec, ex)
-                for key in ("activation", "position", "token_index", "doc_start", "tokens", "row", "eos"):
+                for key in ("position", "token_index", "doc_start", "tokens", "row", "eos"):
                     assert got[key] == w[key], key
+                assert got["activation"] == float(f"{w['activation']:.4g}")
                 wanted = np.array([np.nan if v is None else v for v in w["acts"]])
                 np.testing.assert_array_equal(np.isnan(got["acts"]), np.isnan(wanted))
                 # uint8 with a per-feature scale: within half a step (scale / 508) of the value.
@@ -122,8 +126,9 @@ def test_data_files(page):
     part_index, part = _js_payload(data / "features_0001.js", "GT.part")
     assert part_index == 1 and [f["id"] for f in part["features"]] == list(range(PART_SIZE, N_FEATURES))
     part_index, texts = _js_payload(data / "text_0001.js", "GT.text")
-    assert part_index == 1 and [texts["texts"][i] for i in texts["features"][0]] == [
-        ex["text"] for ex in records[PART_SIZE]["top_examples"]]
+    ids, flat = read_varints(base64.b64decode(texts["tokens"])), texts["features"][0]
+    assert part_index == 1 and ["".join(table["pieces"][i] for i in ids[o:o + n]) for o, n in zip(flat[::2], flat[1::2])] == [
+        "".join(ex["tokens"]) for ex in records[PART_SIZE]["top_examples"]]
     # "</" is escaped in the data files, and the title is HTML-escaped in the page.
     assert "</" not in (data / "features_0000.js").read_text() and "</" not in (data / "overview.js").read_text()
     assert "</" not in (data / "tokens.js").read_text()

@@ -3,7 +3,11 @@
 // ghosttrack/interpret/browser.py (what each holds) and pack.py (how windows and activations are packed).
 const GT = window.GT = { data: null, table: null, parts: {}, waiting: {}, texts: {}, textWaiting: {} };
 GT.overview = function (data) { GT.data = data; };
-GT.tokens = function (table) { GT.table = table; GT.eos = new Set(table.eos); (GT.waiting.tokens || []).forEach(fn => fn()); };
+GT.tokens = function (table) {
+  GT.table = table; GT.eos = new Set(table.eos);
+  (GT.waiting.tokens || []).forEach(fn => fn());
+  delete GT.waiting.tokens;
+};
 GT.part = function (index, part) {
   GT.parts[index] = part;
   (GT.waiting[index] || []).forEach(fn => fn());
@@ -16,21 +20,31 @@ GT.text = function (index, texts) {
 };
 
 function bytes(b64) { const s = atob(b64), out = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i); return out; }
+// Unsigned LEB128 varints (pack.varints) -> numbers.
+function varints(b64) {
+  const raw = bytes(b64), out = [];
+  let value = 0, scale = 1;
+  for (const b of raw) { value += (b & 127) * scale; scale *= 128; if (!(b & 128)) { out.push(value); value = 0; scale = 1; } }
+  return out;
+}
 // A data file's token stream (table indices) and, per stream offset, the store row (-1: none); decoded once.
 function stream(part) {
   if (part.ids) return part;
-  const raw = bytes(part.tokens), view = new DataView(raw.buffer), n = raw.length / part.width;
-  part.ids = new Uint32Array(n); part.rows = new Float64Array(n);
-  for (let i = 0; i < n; i++) part.ids[i] = part.width === 4 ? view.getUint32(4 * i, true) : view.getUint16(2 * i, true);
-  let at = 0;
-  for (const [first, len] of part.spans) { for (let j = 0; j < len; j++) part.rows[at + j] = first === null ? -1 : first + j; at += len; }
+  part.ids = varints(part.tokens); part.rows = new Float64Array(part.ids.length);
+  let at = 0, end = 0;
+  for (let s = 0; s < part.spans.length; s += 2) {
+    const gap = part.spans[s], len = part.spans[s + 1], first = gap < 0 ? -1 : end + gap;
+    for (let j = 0; j < len; j++) part.rows[at + j] = first < 0 ? -1 : first + j;
+    at += len; if (first >= 0) end = first + len;
+  }
   return part;
 }
 // A packed example -> [activation, position, token texts, token index, store row, activations (null: none), doc start, EOS indices].
-function unpackExample(part, scale, [act, pos, offset, len, k, docStart, codes]) {
-  const ids = Array.from(part.ids.subarray(offset, offset + len)), q = codes === null ? null : bytes(codes);
+function unpackExample(part, scale, ex) {
+  const [act, pos, offset, codes] = ex, [len, k, docStart] = ex.length > 4 ? ex.slice(4) : [...part.window, 0];
+  const ids = part.ids.slice(offset, offset + len), q = codes === null ? null : bytes(codes);
   const acts = q && Array.from(q, c => c === 255 ? null : c * scale / 254);
-  if (acts) acts[k] = act;  // the exact value at the example's own token
+  if (acts) acts[k] = act;  // the value at the example's own token as written (4 digits)
   const eos = []; ids.forEach((t, i) => { if (GT.eos.has(t)) eos.push(i); });
   return [act, pos, ids.map(t => GT.table.pieces[t]), k, part.rows[offset + k], acts, !!docStart, eos];
 }
@@ -225,9 +239,8 @@ function renderSearch(app, query) {
 
 function renderTextHits(panel, query, q) {
   const d = GT.data, hits = [];
-  for (let p = 0; p < d.parts; p++) GT.texts[p].features.forEach((which, j) => {
+  for (let p = 0; p < d.parts; p++) searchTexts(p).forEach((texts, j) => {
     let n = 0, first = null;
-    const texts = which.map(i => GT.texts[p].texts[i]);
     for (const t of texts) {
       const at = t.toLowerCase().indexOf(q);
       if (at >= 0) { n++; if (first === null) first = [t, at]; }
@@ -246,7 +259,22 @@ function renderTextHits(panel, query, q) {
   }
 }
 
+// Per feature of text file p, the texts of its top contexts (its tokens joined), built once.
+function searchTexts(p) {
+  const t = GT.texts[p];
+  if (!t.built) {
+    const ids = varints(t.tokens), pieces = GT.table.pieces;
+    t.built = t.features.map(flat => {
+      const texts = [];
+      for (let i = 0; i < flat.length; i += 2) texts.push(ids.slice(flat[i], flat[i] + flat[i + 1]).map(x => pieces[x]).join(""));
+      return texts;
+    });
+  }
+  return t.built;
+}
+
 function loadText(index, done) {
+  if (!GT.table) return withTable(() => loadText(index, done));
   if (GT.texts[index]) return done();
   if (GT.textWaiting[index]) return GT.textWaiting[index].push(done);
   GT.textWaiting[index] = [done];
@@ -289,11 +317,14 @@ function loadScript(src) {
   s.onerror = () => fail(`could not load ${s.src}; keep the browser_data folder next to index.html`);
   document.head.append(s);
 }
+// The token table (tokens.js) loads once, with the first feature page or search.
+function withTable(done) {
+  if (GT.table) return done();
+  if (!GT.waiting.tokens) { GT.waiting.tokens = []; loadScript("browser_data/tokens.js"); }
+  GT.waiting.tokens.push(done);
+}
 function loadPart(index, done) {
-  if (!GT.table) {
-    if (!GT.waiting.tokens) { GT.waiting.tokens = []; loadScript("browser_data/tokens.js"); }
-    return GT.waiting.tokens.push(() => loadPart(index, done));
-  }
+  if (!GT.table) return withTable(() => loadPart(index, done));
   if (GT.parts[index]) return done();
   if (GT.waiting[index]) return GT.waiting[index].push(done);
   GT.waiting[index] = [done];
