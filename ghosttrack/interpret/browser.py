@@ -174,8 +174,8 @@ class BrowserWriter:
         if summary.get("model"):
             title += f" - {Path(str(summary['model'])).name}"
         templates = resources.files("ghosttrack.interpret").joinpath("templates")
-        script = templates.joinpath("browser.js").read_text(encoding="utf-8")
-        assert "</script" not in script.lower(), "browser.js is inlined in a <script> element"
+        script = "".join(templates.joinpath(name).read_text(encoding="utf-8") for name in ("data.js", "browser.js"))
+        assert "</script" not in script.lower(), "the scripts are inlined in a <script> element"
         page = templates.joinpath("browser.html").read_text(encoding="utf-8").replace("__SCRIPT__", script)
         index = self.directory / "index.html"
         index.write_text(page.replace("__TITLE__", html.escape(title)), encoding="utf-8")

@@ -316,15 +316,7 @@ class FeatureInterpreter:
                 ids, cos = pages.neighbors
                 record["neighbors"] = [[int(i), round(float(c), 4)] for i, c in zip(ids[f], cos[f])]
             if pages.logits is not None:
-                lg = pages.logits
-                kurtosis = float(lg.kurtosis[f])
-                record["logits"] = {
-                    "promoted": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(lg.up_ids[f]),
-                                                                         lg.up_values[f])],
-                    "suppressed": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(lg.down_ids[f]),
-                                                                           lg.down_values[f])],
-                    "kurtosis": round(kurtosis, 3), "noise_kurtosis": round(lg.noise_kurtosis, 3),
-                    "noise_like": kurtosis <= lg.noise_kurtosis}
+                record["logits"] = pages.logits.record(f, self.decoder.pieces)
             records.append(record)
         return records
 

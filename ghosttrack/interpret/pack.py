@@ -32,7 +32,7 @@ MISSING = 255
 
 def quantise(acts: Sequence[float | None], scale: float) -> np.ndarray:
     """uint8 codes of non-negative activations (None or NaN -> MISSING) relative to `scale` > 0."""
-    a = np.array([np.nan if v is None else v for v in acts], dtype=np.float64)
+    a = np.array(acts, dtype=np.float64)  # None -> NaN
     missing = np.isnan(a)
     a = np.clip(np.where(missing, 0.0, a), 0.0, scale)
     q = np.rint(a * (LEVELS / scale))

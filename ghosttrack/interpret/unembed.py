@@ -134,6 +134,14 @@ class LogitEffects(NamedTuple):
     """The largest excess kurtosis of RANDOM_DIRECTIONS random directions: a feature at or below it
     has logits no more peaked than noise (its lists are then mostly arbitrary tokens)."""
 
+    def record(self, f: int, pieces) -> dict:
+        """Feature f's entry in its record; `pieces` turns token ids into text."""
+        kurtosis = float(self.kurtosis[f])
+        return {"promoted": [[t, round(float(v), 4)] for t, v in zip(pieces(self.up_ids[f]), self.up_values[f])],
+                "suppressed": [[t, round(float(v), 4)] for t, v in zip(pieces(self.down_ids[f]), self.down_values[f])],
+                "kurtosis": round(kurtosis, 3), "noise_kurtosis": round(self.noise_kurtosis, 3),
+                "noise_like": kurtosis <= self.noise_kurtosis}
+
 
 RANDOM_DIRECTIONS = 64
 """Random Gaussian directions whose logit kurtosis sets the noise level (seeded, so reruns agree)."""
