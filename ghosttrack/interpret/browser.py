@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ghosttrack.interpret.pack import TokenTable, WindowPacker, b64, feature_scale, quantise, round4, varints
+from ghosttrack.interpret.pack import TokenTable, WindowPacker, b64, feature_scale, quantise, round4, trimmed_codes, varints
 
 PART_SIZE = 256
 """Features per data file."""
@@ -55,12 +55,12 @@ def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any], top_k:
 
 
 def _example(ex: dict[str, Any], windows: WindowPacker, scale: float) -> list:
-    """[activation, position, window key, uint8 activations (base64) or None, length, token_index,
+    """[activation, position, window key, uint8 activations (pack.trimmed_codes, base64) or None, length, token_index,
     doc_start]; the window key becomes its offset in the data file's token stream once all are added
     (`_finish_example`), and the last three are dropped when they are the usual window's."""
     acts = ex.get("acts")
     return [round4(ex["activation"]), ex["position"], windows.add(ex),
-            b64(quantise(acts, scale)) if acts is not None else None,
+            b64(trimmed_codes(quantise(acts, scale))) if acts is not None else None,
             len(ex.get("tokens", [None])), ex.get("token_index", 0), int(bool(ex.get("doc_start")))]
 
 

@@ -12,7 +12,8 @@ features); packed as below it is a few KB:
   the stream is base64 of the table indices as unsigned LEB128 varints (`varints`: 1 byte below
   128, 2 below 16,384; the table numbers pieces as they first appear, so common ones are small);
 - **uint8 activations with a per-feature scale** (`quantise`): q = round(254 a / scale), any
-  positive activation at least 1, 255 for "no value" (a row the pass skipped). Dequantised,
+  positive activation at least 1, 255 for "no value" (a row the pass skipped); leading and
+  trailing zeros are left out (`trimmed_codes`). Dequantised,
   q * scale / 254 is within scale / 508 of the activation (within scale / 254 for activations
   below scale / 508, which show as the smallest step instead of 0).
 """
@@ -38,6 +39,30 @@ def quantise(acts: Sequence[float | None], scale: float) -> np.ndarray:
     q = np.rint(a * (LEVELS / scale))
     q = np.where(a > 0, np.maximum(q, 1), q)  # a firing token never reads as zero
     return np.where(missing, MISSING, q).astype(np.uint8)
+
+
+def trimmed_codes(codes: np.ndarray) -> bytes:
+    """uint8 codes as written: a varint count of leading zeros, then the codes up to the last
+    nonzero one (the trailing zeros are implied by the window's length); most tokens of a window
+    do not fire, so this is a few bytes instead of one per token."""
+    nonzero = np.flatnonzero(codes)
+    if len(nonzero) == 0:
+        return varints(np.array([len(codes)]))
+    return varints(np.array([nonzero[0]])) + codes[nonzero[0]:nonzero[-1] + 1].astype(np.uint8).tobytes()
+
+
+def untrimmed_codes(raw: bytes, length: int) -> np.ndarray:
+    """The inverse of `trimmed_codes` for a window of `length` tokens (what the page's script does)."""
+    lead, at = 0, 0
+    for shift in range(0, 64, 7):
+        lead |= (raw[at] & 0x7F) << shift
+        at += 1
+        if not raw[at - 1] & 0x80:
+            break
+    out = np.zeros(length, dtype=np.uint8)
+    body = np.frombuffer(raw[at:], dtype=np.uint8)
+    out[lead:lead + len(body)] = body
+    return out
 
 
 def dequantise(codes: np.ndarray, scale: float) -> np.ndarray:

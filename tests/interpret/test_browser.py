@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ghosttrack.interpret.browser import PART_SIZE, SEARCH_EXAMPLES, write_browser
-from ghosttrack.interpret.pack import dequantise, read_varints
+from ghosttrack.interpret.pack import dequantise, read_varints, untrimmed_codes
 from ghosttrack.interpret.features import density_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,7 +89,7 @@ def unpack(part: dict, table: dict, rec: dict, ex: list) -> dict:
     for gap, n in zip(part["spans"][::2], part["spans"][1::2]):
         rows += [-1] * n if gap < 0 else list(range(end + gap, end + gap + n))
         end = end if gap < 0 else end + gap + n
-    acts = None if codes is None else dequantise(np.frombuffer(base64.b64decode(codes), np.uint8), rec["scale"])
+    acts = None if codes is None else dequantise(untrimmed_codes(base64.b64decode(codes), length), rec["scale"])
     return {"activation": act, "position": pos, "token_index": k, "doc_start": bool(doc_start),
             "tokens": [table["pieces"][i] for i in ids[offset:offset + length]], "row": int(rows[offset + k]),
             "acts": acts, "eos": [i for i, t in enumerate(ids[offset:offset + length]) if t in table["eos"]]}

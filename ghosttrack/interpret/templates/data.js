@@ -28,6 +28,14 @@ function varints(b64) {
   for (const b of raw) { value += (b & 127) * scale; scale *= 128; if (!(b & 128)) { out.push(value); value = 0; scale = 1; } }
   return out;
 }
+// pack.trimmed_codes -> one uint8 code per token: a varint count of leading zeros, the codes, zeros to the end.
+function untrim(raw, len) {
+  let lead = 0, scale = 1, at = 0;
+  for (;;) { const b = raw[at++]; lead += (b & 127) * scale; scale *= 128; if (!(b & 128)) break; }
+  const out = new Uint8Array(len);
+  out.set(raw.subarray(at, at + Math.max(0, len - lead)), lead);
+  return out;
+}
 // A data file's token stream (table indices) and, per stream offset, the store row (-1: none); decoded once.
 function stream(part) {
   if (part.ids) return part;
@@ -43,7 +51,7 @@ function stream(part) {
 // A packed example -> [activation, position, token texts, token index, store row, activations (null: none), doc start, EOS indices].
 function unpackExample(part, scale, ex) {
   const [act, pos, offset, codes] = ex, [len, k, docStart] = ex.length > 4 ? ex.slice(4) : [...part.window, 0];
-  const ids = part.ids.slice(offset, offset + len), q = codes === null ? null : bytes(codes);
+  const ids = part.ids.slice(offset, offset + len), q = codes === null ? null : untrim(bytes(codes), len);
   const acts = q && Array.from(q, c => c === 255 ? null : c * scale / 254);
   if (acts) acts[k] = act;  // the value at the example's own token as written (4 digits)
   const eos = []; ids.forEach((t, i) => { if (GT.eos.has(t)) eos.push(i); });
