@@ -202,6 +202,8 @@ def test_page_in_chromium(page, tmp_path):
     text_hits = by_id(chromium(tmp_path, url + "#search=TOK18%20after", "--dump-dom"), "text-results")
     assert 'href="#feature=18"' in text_hits and "<mark>tok18 after</mark>" in text_hits
     assert text_hits.count('href="#feature=') == 1
+    # The count says what it counts: of the feature's contexts searched (its top 4 here, not 10).
+    assert "in 3 of its top 4 contexts" in text_hits and "top 4 contexts (of the 4 kept per feature)" in text_hits
     assert "<h2 id=\"feature-title\">Feature 18</h2>" in chromium(tmp_path, url + "#search=18", "--dump-dom")
     # A token made of markup stays text.
     evil = chromium(tmp_path, url + "#feature=5", "--dump-dom")

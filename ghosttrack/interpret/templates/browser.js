@@ -193,7 +193,8 @@ function renderTextHits(panel, query, q) {
   });
   hits.sort((a, b) => b.n - a.n || d.features.max[b.id] - d.features.max[a.id]);
   panel.replaceChildren(el("h3", {}, `Context text "${query}": ${hits.length} feature${hits.length === 1 ? "" : "s"}`),
-    el("p", { class: "legend" }, `Searched: the text of each feature's top ${d.search_examples} contexts (of the ${d.top_k} kept per feature).`));
+    el("p", { class: "legend" }, `Searched: the text of each feature's top ${Math.min(d.search_examples, d.top_k || d.search_examples)} `
+      + `contexts (of the ${d.top_k} kept per feature); a hit counts the contexts that contain the text.`));
   if (!hits.length) panel.append(el("p", { class: "muted" }, "No top context contains this text."));
   for (const h of hits.slice(0, 200)) {
     const [t, at] = h.first, from = Math.max(0, at - 40), to = Math.min(t.length, at + q.length + 40);
