@@ -238,6 +238,8 @@ def test_real_pipeline_page_with_logits(tiny_gpt2_dir, corpus_file, tmp_path):
     assert len(rec["logits"]["promoted"]) == len(rec["logits"]["suppressed"]) == 10
     view = chromium(tmp_path, (layer_dir / "index.html").as_uri() + f"#feature={rec['feature_id']}", "--dump-dom")
     logits = by_id(view, "logits")
+    assert "Direct effect through the unembedding" in logits and "Kurtosis of these logits" in logits
+    assert ('id="logits-noise"' in logits) == rec["logits"]["noise_like"]
     assert "Promoted tokens" in logits and "Suppressed tokens" in logits
     assert logits.count('class="chip up"') == logits.count('class="chip down"') == 10
     assert "background: rgba(255, 140, 0" in by_id(view, "examples") and 'id="band-0"' in view
