@@ -256,7 +256,8 @@ def test_sorting_and_search_at_24k_features(tmp_path):
                 "mean_activation": float(maxes[f] / 2), "density": (10 + f % 97) / 1e5,
                 "common_tokens": [[f" w{f}", 1]],
                 "top_examples": [{"text": f"ctx of feature {f} end", "position": 1, "activation": float(maxes[f]),
-                                  "tokens": [f" w{f}"], "token_index": 0}]} for f in range(n)]
+                                  "tokens": ["ctx", " of", " feature", f" {f}", " end"], "token_index": 3}]}
+               for f in range(n)]
     index = write_browser(tmp_path / "big", records, fake_summary(records))
     assert len(list((tmp_path / "big" / "browser_data").glob("text_*.js"))) == 96
     page = 7
