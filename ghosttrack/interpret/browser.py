@@ -54,14 +54,27 @@ def overview_payload(rows: list[dict[str, Any]], summary: dict[str, Any], top_k:
     }
 
 
-def _example(ex: dict[str, Any], windows: WindowPacker, scale: float) -> list:
-    """[activation, position, window key, uint8 activations (pack.trimmed_codes, base64) or None, length, token_index,
-    doc_start]; the window key becomes its offset in the data file's token stream once all are added
-    (`_finish_example`), and the last three are dropped when they are the usual window's."""
-    acts = ex.get("acts")
+def _example(ex: dict[str, Any], windows: WindowPacker, codes: np.ndarray | None) -> list:
+    """[activation, position, window key, uint8 activations (pack.trimmed_codes, base64) or None,
+    length, token_index, doc_start]; the window key becomes its offset in the data file's token
+    stream once all are added (`_finish_example`), and the last three are dropped when they are
+    the usual window's."""
     return [round4(ex["activation"]), ex["position"], windows.add(ex),
-            b64(trimmed_codes(quantise(acts, scale))) if acts is not None else None,
+            b64(trimmed_codes(codes)) if codes is not None else None,
             len(ex.get("tokens", [None])), ex.get("token_index", 0), int(bool(ex.get("doc_start")))]
+
+
+def _examples(shown: list[dict[str, Any]], windows: WindowPacker, scale: float) -> list[list]:
+    """`_example` of each, their activations quantised in one call."""
+    with_acts = [ex for ex in shown if ex.get("acts") is not None]
+    flat = quantise([a for ex in with_acts for a in ex["acts"]], scale) if with_acts else np.zeros(0, np.uint8)
+    at, out = 0, []
+    for ex in shown:
+        codes = None
+        if ex.get("acts") is not None:
+            codes, at = flat[at:at + len(ex["acts"])], at + len(ex["acts"])
+        out.append(_example(ex, windows, codes))
+    return out
 
 
 def _finish_example(ex: list, windows: WindowPacker, usual: tuple[int, int]) -> None:
@@ -80,6 +93,8 @@ def part_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, 
     for r in records:
         shown = r["top_examples"] + [ex for q in r.get("quantiles", []) for ex in q["examples"]]
         scale = feature_scale(shown)
+        packed = _examples(shown, windows, scale)
+        rest = iter(packed[len(r["top_examples"]):])
         logits = r.get("logits")
         if logits is not None:
             logits = {**logits, **{side: [[table.index(t), v] for t, v in logits[side]]
@@ -90,8 +105,8 @@ def part_payload(records: list[dict[str, Any]], table: TokenTable) -> dict[str, 
             "scale": scale,
             "common": [[table.index(t), c] for t, c in r["common_tokens"]],
             "hist": {"bin_edges": [round4(e) for e in hist["bin_edges"]], "counts": hist["counts"]},
-            "examples": [_example(ex, windows, scale) for ex in r["top_examples"]],
-            "quantiles": [[round4(q["lo"]), round4(q["hi"]), [_example(ex, windows, scale) for ex in q["examples"]]]
+            "examples": packed[:len(r["top_examples"])],
+            "quantiles": [[round4(q["lo"]), round4(q["hi"]), [next(rest) for _ in q["examples"]]]
                           for q in r.get("quantiles", [])],
             "neighbors": r.get("neighbors", []),
             "logits": logits,

@@ -47,8 +47,18 @@ def trimmed_codes(codes: np.ndarray) -> bytes:
     do not fire, so this is a few bytes instead of one per token."""
     nonzero = np.flatnonzero(codes)
     if len(nonzero) == 0:
-        return varints(np.array([len(codes)]))
-    return varints(np.array([nonzero[0]])) + codes[nonzero[0]:nonzero[-1] + 1].astype(np.uint8).tobytes()
+        return _varint(len(codes))
+    return _varint(int(nonzero[0])) + codes[nonzero[0]:nonzero[-1] + 1].astype(np.uint8).tobytes()
+
+
+def _varint(n: int) -> bytes:
+    """One non-negative integer as `varints` writes it."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
 
 
 def untrimmed_codes(raw: bytes, length: int) -> np.ndarray:
