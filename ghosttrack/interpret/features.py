@@ -47,7 +47,8 @@ class _Pages:
     bands: list[list[dict]]
     """Per feature, its quantile bands (quantiles.quantile_examples)."""
     neighbors: tuple[np.ndarray, np.ndarray] | None
-    logits: tuple[np.ndarray, ...] | None
+    logits: Any | None
+    """unembed.LogitEffects, given --model."""
 
 
 def _rounded(values: np.ndarray) -> list[float | None]:
@@ -246,10 +247,7 @@ class FeatureInterpreter:
                 ids, cos = pages.neighbors
                 record["neighbors"] = [[int(i), round(float(c), 4)] for i, c in zip(ids[f], cos[f])]
             if pages.logits is not None:
-                up_ids, up_vals, down_ids, down_vals = (a[f] for a in pages.logits)
-                record["logits"] = {
-                    "promoted": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(up_ids), up_vals)],
-                    "suppressed": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(down_ids), down_vals)]}
+                record["logits"] = pages.logits.record(f, self.decoder.pieces)
             records.append(record)
         return records
 
