@@ -127,8 +127,9 @@ def _clean(value):
 
 
 def _data_summary(examples: Examples) -> dict:
-    return {"source": examples.source, "n_examples": len(examples), "n_groups": examples.n_groups,
-            "n_positive": int(examples.labels.sum()), **examples.notes}
+    return {"source": examples.source, "rows": len(examples), "n_examples": len(examples),
+            "n_groups": examples.n_groups, "n_positive": int(examples.labels.sum()),
+            "duplicates_dropped": int(examples.notes.get("duplicates_dropped", 0)), **examples.notes}
 
 
 def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | None = None, matches: Path | None = None,
