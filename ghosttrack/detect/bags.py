@@ -9,8 +9,8 @@ are carried from layer to layer. Per example, over its answer tokens:
 - edges: (layer step k, src latent, dst latent) for every such continuation.
 
 Each column holds the share of the answer's tokens on which it occurs (0..1), in a sparse matrix.
-The vocabulary (which columns exist) is every membership and edge seen on any example: it uses no
-label. For the comparison "tracking versus no tracking", `latent_bag` gives the same pooled share
+The columns are fixed by the tracker (every latent, every edge at or above its threshold): they
+use no data and no label; columns constant on the training rows are dropped inside each fold. For the comparison "tracking versus no tracking", `latent_bag` gives the same pooled share
 for every *active* (layer, latent), whether the tracker followed it or not.
 """
 from __future__ import annotations
@@ -43,36 +43,41 @@ def _pooled(example: np.ndarray, keys: np.ndarray, tokens: np.ndarray, n_example
     return pairs[0], pairs[1], counts.astype(np.float64)
 
 
-def track_bag(results: Sequence[TrackResult], n_tokens: np.ndarray, d_sae: dict[int, int]) -> tuple[sp.csr_matrix, list[str]]:
+def edge_keys(tracker) -> list[np.ndarray]:
+    """Per layer step, the sorted keys src * d_sae(dst layer) + dst of the tracker's edges (those at
+    or above its min_score): an edge's position in this list is its column, the same for any data."""
+    out = []
+    for k, (ptr, dst, _) in enumerate(tracker._csr):
+        src = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr.cpu().numpy()))
+        out.append(src * tracker.d_sae[tracker.layers[k + 1]] + dst.cpu().numpy())
+    return out
+
+
+def track_bag(results: Sequence[TrackResult], n_tokens: np.ndarray, tracker) -> tuple[sp.csr_matrix, list[str]]:
     """(N, F) shares of answer tokens per followed membership and edge, and the column names
-    ("m L<layer>:<latent>" and "e L<src layer>-><dst layer>:<src>-><dst>")."""
-    layers = results[0].layers if results else sorted(d_sae)
-    offsets = np.concatenate([[0], np.cumsum([d_sae[layer] for layer in layers])])
-    width = int(max(d_sae.values())) if d_sae else 1
-    m_ex, m_key, m_tok, e_ex, e_key, e_tok = [], [], [], [], [], []
+    ("m L<layer>:<latent>" and "e L<src layer>-><dst layer>:<src>-><dst>"). The columns are fixed by
+    the tracker (every latent of every layer, then every edge it may follow), so two datasets tracked
+    with the same SAEs and matches have the same columns (transfer needs that)."""
+    layers = tracker.layers
+    sizes = [tracker.d_sae[layer] for layer in layers]
+    keys = edge_keys(tracker)
+    m_off = np.concatenate([[0], np.cumsum(sizes)])
+    e_off = m_off[-1] + np.concatenate([[0], np.cumsum([len(k) for k in keys])])
+    ex, col, tok = [], [], []
     for i, result in enumerate(results):
         for k in range(1, len(layers)):
-            tok, src, dst = continuations(result, k)
-            for key in (offsets[k - 1] + src, offsets[k] + dst):
-                m_ex.append(np.full(len(tok), i)), m_key.append(key), m_tok.append(tok)
-            e_ex.append(np.full(len(tok), i)), e_tok.append(tok)
-            e_key.append((k * width + src) * width + dst)
+            t, src, dst = continuations(result, k)
+            edge = e_off[k - 1] + np.searchsorted(keys[k - 1], src * sizes[k] + dst)
+            for c in (m_off[k - 1] + src, m_off[k] + dst, edge):
+                ex.append(np.full(len(t), i)), col.append(c), tok.append(t)
     cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
-    blocks, names = [], []
-    for kind, ex, key, tok in (("m", m_ex, m_key, m_tok), ("e", e_ex, e_key, e_tok)):
-        rows, keys, counts = _pooled(cat(ex), cat(key), cat(tok), len(n_tokens))
-        vocab, cols = np.unique(keys, return_inverse=True)
-        blocks.append(sp.csr_matrix((counts / n_tokens[rows], (rows, cols)), shape=(len(n_tokens), len(vocab))))
-        names += [_name(kind, int(v), layers, offsets, width) for v in vocab]
-    return sp.hstack(blocks, format="csr"), names
-
-
-def _name(kind: str, key: int, layers: list[int], offsets: np.ndarray, width: int) -> str:
-    if kind == "m":
-        k = int(np.searchsorted(offsets, key, side="right") - 1)
-        return f"m L{layers[k]}:{key - offsets[k]}"
-    step, rest = divmod(key, width * width)
-    return f"e L{layers[step - 1]}->{layers[step]}:{rest // width}->{rest % width}"
+    rows, cols, counts = _pooled(cat(ex), cat(col), cat(tok), len(n_tokens))
+    bag = sp.csr_matrix((counts / n_tokens[rows], (rows, cols)), shape=(len(n_tokens), int(e_off[-1])))
+    names = [f"m L{layer}:{h}" for layer, size in zip(layers, sizes) for h in range(size)]
+    for k, key in enumerate(keys):
+        width = sizes[k + 1]
+        names += [f"e L{layers[k]}->{layers[k + 1]}:{v // width}->{v % width}" for v in key.tolist()]
+    return bag, names
 
 
 def latent_bag(sae_active: dict[int, sp.csr_matrix]) -> tuple[sp.csr_matrix, list[str]]:

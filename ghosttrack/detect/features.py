@@ -186,7 +186,7 @@ def add_track_features(features: FeatureSet, tracker, latents: dict[int, torch.T
         codes = {layer: SparseCodes.from_dense(latents[layer][offsets[i]:offsets[i + 1]]) for layer in tracker.layers}
         results.append(tracker.track(codes))
     features.track_stats, features.track_names = track_statistics(results)
-    features.track_bag, features.track_bag_names = track_bag(results, features.answer_tokens, tracker.d_sae)
+    features.track_bag, features.track_bag_names = track_bag(results, features.answer_tokens, tracker)
 
 
 # --- the cache ------------------------------------------------------------------------------------

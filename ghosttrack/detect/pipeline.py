@@ -17,6 +17,8 @@ from ghosttrack.detect.methods import build_methods
 from ghosttrack.detect.report import write_results
 from ghosttrack.errors import GhostTrackError
 
+OOF_FILE = "oof_scores.parquet"
+
 
 @dataclass
 class DetectConfig:
@@ -38,6 +40,14 @@ class DetectConfig:
     """Evaluate a random subset of whole groups of about this many examples (per source)."""
     probe_layers: list[int] | None = None
     """Layers the residual probe may choose from (None: every layer)."""
+    compare_seeds: int = 5
+    """Fold seeds (seed, seed+1, ...) of the paired comparisons of methods; 0: no comparisons."""
+    compare_layers: list[int] | None = None
+    """Residual layers of the paired comparisons (None: the SAE layers; without SAEs the middle layer)."""
+    min_score_decoder: float = 0.3
+    """Tracker threshold on data-free (decoder) match scores, 2 cos - 1 for unit decoder rows."""
+    min_score_coact: float = 0.1
+    """Tracker threshold on co-activation match scores (activation correlation over held-out rows)."""
     device: str = "cpu"
     dtype: str = "fp32"
 
@@ -46,6 +56,8 @@ class DetectConfig:
             raise GhostTrackError("--folds and --inner-folds must be at least 2")
         if self.bootstrap < 1:
             raise GhostTrackError("--bootstrap must be at least 1")
+        if self.compare_seeds < 0:
+            raise GhostTrackError("--compare-seeds must be 0 (no comparisons) or more")
         if self.max_examples is not None and self.max_examples < 2 * self.folds:
             raise GhostTrackError(f"--max-examples {self.max_examples} is too few for {self.folds} folds")
 
@@ -77,19 +89,24 @@ def sae_layers(sae_dirs: list[Path]) -> dict[int, Path]:
     return found
 
 
-def build_tracker(matches: Path | None, saes: dict):
-    """(HypothesisTracker over the SAE layers, None) or (None, why there is none)."""
+def build_tracker(matches: Path | None, saes: dict, config: DetectConfig | None = None):
+    """(HypothesisTracker over the SAE layers, None) or (None, why there is none). The threshold on
+    match scores is the one for the matches' method (their summary.json): data-free decoder scores
+    and co-activation correlations are on different scales."""
     if matches is None:
         return None, "no --matches given (make them with `ghosttrack match`)"
     if len(saes) < 2:
         return None, "tracks need SAEs on at least two layers (--sae with layer_<i>/ folders)"
-    from ghosttrack.tracks.edges import read_matches
-    from ghosttrack.tracks.pipeline import DEFAULT_MIN_SCORE
+    from ghosttrack.tracks.edges import SUMMARY_FILE, read_matches
     from ghosttrack.tracks.tracker import HypothesisTracker
 
+    config = config or DetectConfig()
+    summary = Path(matches) / SUMMARY_FILE
+    method = json.loads(summary.read_text()).get("method", "decoder") if summary.is_file() else "decoder"
+    min_score = config.min_score_coact if method == "coactivation" else config.min_score_decoder
     layers = sorted(saes)
     return HypothesisTracker(layers, read_matches(matches, layers), {k: saes[k].cfg.d_sae for k in layers},
-                             min_score=DEFAULT_MIN_SCORE), None
+                             min_score=min_score), None
 
 
 def features_for(loaded, model_name: str, examples: Examples, layers: list[int], saes: dict, tracker,
@@ -132,6 +149,30 @@ def _data_summary(examples: Examples) -> dict:
             "duplicates_dropped": int(examples.notes.get("duplicates_dropped", 0)), **examples.notes}
 
 
+def compare_methods(features: FeatureSet, methods: list, examples: Examples, oof: dict, config: DetectConfig,
+                    out: Path) -> list[dict]:
+    """The paired comparisons (ghosttrack.detect.compare) and OUT/oof_scores.parquet: the out-of-fold
+    score of every row for every method of the main table (fold seed = --seed) and of the comparisons."""
+    import pandas as pd
+
+    from ghosttrack.detect.compare import run_comparisons
+    from ghosttrack.detect.methods import PROBE_C
+
+    layers = config.compare_layers or features.sae_layers or [features.layers[len(features.layers) // 2]]
+    results, frame = [], pd.DataFrame()
+    if config.compare_seeds:
+        results, frame = run_comparisons(features, methods, examples.labels, examples.groups,
+                                         seeds=[config.seed + i for i in range(config.compare_seeds)],
+                                         n_folds=config.folds, inner_folds=config.inner_folds, layers=sorted(layers),
+                                         probe_c=PROBE_C, n_boot=config.bootstrap, boot_seed=config.seed)
+    main = [pd.DataFrame({"method": name, "fold_seed": config.seed, "fold": -1, "row": np.arange(len(scores)),
+                          "group": examples.groups, "label": examples.labels, "score": scores})
+            for name, scores in oof.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(main + [frame], ignore_index=True).to_parquet(out / OOF_FILE, index=False)
+    return results
+
+
 def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | None = None, matches: Path | None = None,
                   test_data: str | None = None, gguf: str | None = None, config: DetectConfig | None = None,
                   command: str | None = None, progress: bool = True, cache: Path | None = None) -> dict:
@@ -158,7 +199,7 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
         if sae.cfg.d_in != shape.d_model:
             raise GhostTrackError(f"the SAE {sae_paths[layer]} reads d_model={sae.cfg.d_in} but {model} has "
                                   f"{shape.d_model}; pass SAEs trained on this model")
-    tracker, tracks_missing = build_tracker(matches, saes)
+    tracker, tracks_missing = build_tracker(matches, saes, config)
     state: dict = {}
 
     def loaded():
@@ -170,10 +211,13 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
     features, key = features_for(loaded, model, examples, all_layers, saes, tracker, config, cache_root, progress)
     if tracks_missing:
         features.info["tracks_missing"] = tracks_missing
-    methods, skipped = build_methods(features, probe_layers=layers)
+    methods, skipped = build_methods(features, probe_layers=layers, answers=examples.answers)
+    oof: dict = {}
     evaluated = [evaluate_method(m, examples.labels, examples.groups, n_folds=config.folds,
-                                 inner_folds=config.inner_folds, seed=config.seed, n_boot=config.bootstrap)
+                                 inner_folds=config.inner_folds, seed=config.seed, n_boot=config.bootstrap,
+                                 scores_out=oof)
                  for m in methods]
+    comparisons = compare_methods(features, methods, examples, oof, config, Path(out))
     results = {
         "model": model if gguf is None else f"{model}/{gguf}",
         "data": _data_summary(examples),
@@ -181,6 +225,7 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
                   "bootstrap": config.bootstrap, "ci_level": 0.95, "n_examples": len(examples),
                   "n_groups": examples.n_groups, "n_positive": int(examples.labels.sum())},
         "methods": evaluated,
+        "comparisons": comparisons,
         "skipped": skipped,
         "features": {"cache_key": key, "probe_layers": layers, "sae_layers": sorted(sae_paths),
                      "sae": {str(k): str(v) for k, v in sorted(sae_paths.items())},
@@ -192,7 +237,8 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
     if test_examples is not None:
         test_features, test_key = features_for(loaded, model, test_examples, all_layers, saes, tracker, config,
                                                cache_root, progress)
-        test_methods = {m.name: m for m in build_methods(test_features, probe_layers=layers)[0]}
+        test_methods = {m.name: m for m in build_methods(test_features, probe_layers=layers,
+                                                          answers=test_examples.answers)[0]}
         results["transfer"] = {
             "train": examples.source, "test": test_examples.source, "test_data": _data_summary(test_examples),
             "test_cache_key": test_key,

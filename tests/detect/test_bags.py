@@ -22,9 +22,13 @@ def test_bag_holds_the_followed_latents_and_edges_per_share_of_tokens():
     # Example 0, two tokens: token 0 follows 0->1; token 1 follows 0->1 and 2->3. Example 1: 1->0 only (no link).
     first = tracker.track({3: _codes([[0], [0, 2]], 4), 5: _codes([[1], [1, 3]], 4)})
     second = tracker.track({3: _codes([[1]], 4), 5: _codes([[0]], 4)})
-    bag, names = track_bag([first, second], np.array([2, 1]), {3: 4, 5: 4})
+    bag, names = track_bag([first, second], np.array([2, 1]), tracker)
     dense = dict(zip(names, bag.toarray().T))
-    assert set(names) == {"m L3:0", "m L3:2", "m L5:1", "m L5:3", "e L3->5:0->1", "e L3->5:2->3"}
+    # Fixed columns: 4 + 4 latents, then the tracker's 2 edges above min_score (not 1->0).
+    assert names[:8] == [f"m L{layer}:{h}" for layer in (3, 5) for h in range(4)]
+    assert names[8:] == ["e L3->5:0->1", "e L3->5:2->3"]
+    assert {n for n, v in dense.items() if v.any()} == {"m L3:0", "m L3:2", "m L5:1", "m L5:3", "e L3->5:0->1",
+                                                        "e L3->5:2->3"}
     np.testing.assert_allclose(dense["m L3:0"], [1.0, 0.0])  # both of example 0's tokens
     np.testing.assert_allclose(dense["e L3->5:2->3"], [0.5, 0.0])  # one of its two tokens
     np.testing.assert_allclose(dense["m L5:1"], [1.0, 0.0])
