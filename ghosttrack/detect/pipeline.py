@@ -152,7 +152,8 @@ def _data_summary(examples: Examples) -> dict:
 def compare_methods(features: FeatureSet, methods: list, examples: Examples, oof: dict, config: DetectConfig,
                     out: Path) -> list[dict]:
     """The paired comparisons (ghosttrack.detect.compare) and OUT/oof_scores.parquet: the out-of-fold
-    score of every row for every method of the main table (fold seed = --seed) and of the comparisons."""
+    score of every row for every method of the main table (table "methods", fold seed = --seed, fold -1:
+    not recorded) and of the comparisons (table "comparisons", one block per fold seed)."""
     import pandas as pd
 
     from ghosttrack.detect.compare import run_comparisons
@@ -165,7 +166,8 @@ def compare_methods(features: FeatureSet, methods: list, examples: Examples, oof
                                          seeds=[config.seed + i for i in range(config.compare_seeds)],
                                          n_folds=config.folds, inner_folds=config.inner_folds, layers=sorted(layers),
                                          probe_c=PROBE_C, n_boot=config.bootstrap, boot_seed=config.seed)
-    main = [pd.DataFrame({"method": name, "fold_seed": config.seed, "fold": -1, "row": np.arange(len(scores)),
+    frame.insert(0, "table", "comparisons")
+    main = [pd.DataFrame({"table": "methods", "method": name, "fold_seed": config.seed, "fold": -1, "row": np.arange(len(scores)),
                           "group": examples.groups, "label": examples.labels, "score": scores})
             for name, scores in oof.items()]
     out.mkdir(parents=True, exist_ok=True)
