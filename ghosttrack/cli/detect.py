@@ -45,6 +45,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Bootstrap resamples of groups for the AUROC interval.")
 @click.option("--compare-seeds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fold seeds of the paired comparisons of methods (0: none).")
+@click.option("--own-answers", is_flag=True, default=False,
+              help="Detect errors in the model's own greedy answers (graded against the data's correct answers).")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="Use a random subset of whole groups of about this many examples per source.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Examples per forward.")
@@ -53,7 +55,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--device", default="cpu", show_default=True, help="Device of the forward pass.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 def detect(ctx, data, test_data, model, gguf, sae_path, matches, out, cache, probe_layers, folds, inner_folds, seed, bootstrap,
-           compare_seeds, max_examples, batch_size, max_tokens, device, dtype) -> None:
+           compare_seeds, own_answers, max_examples, batch_size, max_tokens, device, dtype) -> None:
     """Score hallucination detectors (tracker statistics, residual and SAE probes, log-probability,
     length) with K-fold cross-validation grouped by question, and transfer across datasets.
 
@@ -66,6 +68,7 @@ def detect(ctx, data, test_data, model, gguf, sae_path, matches, out, cache, pro
 
     layers = parse_layers(probe_layers)
     config = DetectConfig(folds=folds, inner_folds=inner_folds, seed=seed, bootstrap=bootstrap, compare_seeds=compare_seeds,
+                          own_answers=own_answers,
                           batch_size=batch_size, max_tokens=max_tokens, max_examples=max_examples,
                           probe_layers=None if layers == "all" else layers, device=device, dtype=dtype)
     results = run_detection(data, model, Path(out), sae_dirs=sae_dirs(sae_path) if sae_path else None,

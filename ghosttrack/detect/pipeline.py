@@ -48,6 +48,11 @@ class DetectConfig:
     """Tracker threshold on data-free (decoder) match scores, 2 cos - 1 for unit decoder rows."""
     min_score_coact: float = 0.1
     """Tracker threshold on co-activation match scores (activation correlation over held-out rows)."""
+    own_answers: bool = False
+    """Detect errors in the model's own answers (ghosttrack.detect.own): it answers each question with a
+    gold answer greedily, graded against the gold answers, instead of scoring the data's statements."""
+    max_new_tokens: int = 24
+    """Longest answer the model generates with --own-answers."""
     device: str = "cpu"
     dtype: str = "fp32"
 
@@ -149,6 +154,18 @@ def _data_summary(examples: Examples) -> dict:
             "duplicates_dropped": int(examples.notes.get("duplicates_dropped", 0)), **examples.notes}
 
 
+def model_answers(loaded, model_name: str, examples: Examples, config: DetectConfig, cache_root: Path,
+                  progress: bool) -> Examples:
+    """--own-answers: the model answers every question with a gold answer; labels grade its answers."""
+    from ghosttrack.detect.own import cached_answers, own_examples
+
+    answers = cached_answers(loaded, model_name, examples, cache_root, max_new_tokens=config.max_new_tokens,
+                             batch_size=config.batch_size, max_tokens=config.max_tokens, progress=progress)
+    graded = own_examples(examples, answers, max_new_tokens=config.max_new_tokens)
+    check_for_cv(graded, max(config.folds, config.inner_folds + 1))
+    return graded
+
+
 def compare_methods(features: FeatureSet, methods: list, examples: Examples, oof: dict, config: DetectConfig,
                     out: Path) -> list[dict]:
     """The paired comparisons (ghosttrack.detect.compare) and OUT/oof_scores.parquet: the out-of-fold
@@ -210,6 +227,10 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
         return state["model"]
 
     cache_root = Path(cache) if cache else Path(out) / "cache"
+    if config.own_answers:
+        examples = model_answers(loaded, f"{model}/{gguf}", examples, config, cache_root, progress)
+        test_examples = test_examples and model_answers(loaded, f"{model}/{gguf}", test_examples, config,
+                                                        cache_root, progress)
     features, key = features_for(loaded, model, examples, all_layers, saes, tracker, config, cache_root, progress)
     if tracks_missing:
         features.info["tracks_missing"] = tracks_missing
