@@ -46,6 +46,7 @@ class FeatureSet:
     sae_mean: dict[int, sp.csr_matrix] = field(default_factory=dict)
     sae_last: dict[int, sp.csr_matrix] = field(default_factory=dict)
     sae_active: dict[int, sp.csr_matrix] = field(default_factory=dict)  # share of answer tokens each latent fires on
+    p_true: np.ndarray | None = None  # (N,) log p(Yes) - log p(No) asked whether the answer is true (ptrue.py)
     track_stats: np.ndarray | None = None  # (N, S)
     track_names: list[str] = field(default_factory=list)
     track_bag: sp.csr_matrix | None = None  # (N, F) followed memberships and edges (ghosttrack.detect.bags)

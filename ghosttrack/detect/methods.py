@@ -6,7 +6,7 @@
 (c) sae_probe: sparse probe on SAE latents: the k latents with the largest class-mean difference
     (picked on the training rows), then logistic regression; candidates per (SAE layer, position);
 (d) logprob: the model's own mean log-probability of the answer;
-(e) length: the answer's length in tokens;
+(e) length: the answer's length in tokens; p_true: the model asked whether the answer is true (ptrue.py);
 (f) answer_text: TF-IDF of the answer's words (1-2 grams), logistic: how much the wording alone gives;
 (g) tracks_bag: which features the tracker followed (ghosttrack.detect.bags), L1 logistic, C chosen
     inside the training folds;
@@ -145,6 +145,9 @@ def build_methods(features: FeatureSet, *, probe_layers: list[int] | None = None
                           [Candidate("answer_logprob", _column(features.answer_logprob), dense_classifier())]))
     methods.append(Method("length", "the answer's length in tokens",
                           [Candidate("answer_tokens", _column(features.answer_tokens), dense_classifier())]))
+    if features.p_true is not None:
+        methods.append(Method("p_true", "P(True): log p(Yes) - log p(No) when the model is asked whether the "
+                              "answer is true", [Candidate("p_true", _column(features.p_true), dense_classifier())]))
     if answers is not None:
         text = np.asarray(answers, dtype=object)
         methods.append(Method("answer_text", "TF-IDF of the answer's words and word pairs, logistic (C chosen "

@@ -48,6 +48,8 @@ class DetectConfig:
     """Tracker threshold on data-free (decoder) match scores, 2 cos - 1 for unit decoder rows."""
     min_score_coact: float = 0.1
     """Tracker threshold on co-activation match scores (activation correlation over held-out rows)."""
+    p_true: bool = True
+    """Also score P(True): the model asked whether the answer is true (one more forward pass, cached)."""
     own_answers: bool = False
     """Detect errors in the model's own answers (ghosttrack.detect.own): it answers each question with a
     gold answer greedily, graded against the gold answers, instead of scoring the data's statements."""
@@ -129,6 +131,15 @@ def features_for(loaded, model_name: str, examples: Examples, layers: list[int],
                                     max_tokens=config.max_tokens, max_answer_tokens=config.max_answer_tokens,
                                     progress=progress)
         save_features(features, cache_root / key)
+    if config.p_true:
+        from ghosttrack.detect.ptrue import p_true_scores
+
+        path = cache_root / key / "p_true.npy"
+        if not path.is_file():
+            np.save(path.with_name("p_true.tmp.npy"), p_true_scores(loaded(), examples, batch_size=config.batch_size,
+                                                                     progress=progress))
+            path.with_name("p_true.tmp.npy").replace(path)
+        features.p_true = np.load(path)
     latents = add_sae_features(features, saes)
     if tracker is not None:
         add_track_features(features, tracker, latents)

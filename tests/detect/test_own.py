@@ -49,3 +49,26 @@ def test_batched_greedy_answers_equal_one_at_a_time(tiny_gpt2_dir):
         if tok.eos_token_id in new:
             new = new[:new.index(tok.eos_token_id)]
         assert answer == tok.decode(new, skip_special_tokens=True).split("\n")[0].strip()
+
+
+def test_p_true_batched_equals_one_at_a_time(tiny_gpt2_dir):
+    from conftest import WORDS
+    from ghosttrack.detect.ptrue import encode, p_true_scores, yes_no_ids
+    from ghosttrack.extract.models import load_model
+
+    loaded = load_model(str(tiny_gpt2_dir))
+    rng = np.random.default_rng(1)
+    n = 7
+    examples = Examples([" ".join(rng.choice(WORDS, rng.integers(1, 9))) + "?" for _ in range(n)],
+                        [" ".join(rng.choice(WORDS, rng.integers(1, 5))) for _ in range(n)],
+                        rng.integers(0, 2, n), np.arange(n), [str(i) for i in range(n)], "test")
+    # The tiny tokenizer knows only WORDS: two of them stand in for " Yes" and " No".
+    words = tuple(" " + w for w in WORDS[:2])
+    batched = p_true_scores(loaded, examples, batch_size=3, progress=False, words=words)
+    yes, no = yes_no_ids(loaded.tokenizer, words)
+    for i in range(n):
+        ids = encode(loaded.tokenizer, examples.questions[i], examples.answers[i], 192)
+        with torch.no_grad():
+            lp = loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+        assert batched[i] == pytest.approx(float(lp[yes] - lp[no]), abs=1e-4)
+    assert np.std(batched) > 0
