@@ -13,7 +13,9 @@ The methods (residual candidates: answer-mean residual at the compared layers, e
 - resid+tracks: each residual candidate with the track bag beside it (ghosttrack.detect.bags);
 - resid+sae_bag: the same with the bag of active SAE latents instead (the features, no tracking);
 - resid+shuffled_tracks: the track bag's rows permuted within each outer fold (a null: it keeps the
-  block's distribution and loses its link to the rows, so its difference from resid should be 0);
+  block's distribution and loses its link to the rows; its difference from resid is 0 or, as extra
+  noise columns under the same C cost a little, slightly below). The tracks' content is judged by
+  resid+tracks against this null, which has the same number of columns;
 - tracks_bag and answer_text alone (ghosttrack.detect.methods), the text baseline beside the claim.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ COMPARISONS = (
     ("resid+tracks vs resid", "resid+tracks", "resid"),
     ("resid+tracks vs resid+sae_bag", "resid+tracks", "resid+sae_bag"),
     ("null: resid+shuffled_tracks vs resid", "resid+shuffled_tracks", "resid"),
+    ("resid+tracks vs resid+shuffled_tracks", "resid+tracks", "resid+shuffled_tracks"),
     ("tracks_bag vs answer_text", "tracks_bag", "answer_text"),
     ("resid vs answer_text", "resid", "answer_text"),
 )

@@ -148,6 +148,8 @@ def build_methods(features: FeatureSet, *, probe_layers: list[int] | None = None
     if features.p_true is not None:
         methods.append(Method("p_true", "P(True): log p(Yes) - log p(No) when the model is asked whether the "
                               "answer is true", [Candidate("p_true", _column(features.p_true), dense_classifier())]))
+    elif "p_true_missing" in features.info:
+        skipped.append({"name": "p_true", "reason": features.info["p_true_missing"]})
     if answers is not None:
         text = np.asarray(answers, dtype=object)
         methods.append(Method("answer_text", "TF-IDF of the answer's words and word pairs, logistic (C chosen "

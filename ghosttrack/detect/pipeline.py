@@ -135,11 +135,14 @@ def features_for(loaded, model_name: str, examples: Examples, layers: list[int],
         from ghosttrack.detect.ptrue import p_true_scores
 
         path = cache_root / key / "p_true.npy"
-        if not path.is_file():
-            np.save(path.with_name("p_true.tmp.npy"), p_true_scores(loaded(), examples, batch_size=config.batch_size,
-                                                                     progress=progress))
-            path.with_name("p_true.tmp.npy").replace(path)
-        features.p_true = np.load(path)
+        try:
+            if not path.is_file():
+                np.save(path.with_name("p_true.tmp.npy"), p_true_scores(
+                    loaded(), examples, batch_size=config.batch_size, progress=progress))
+                path.with_name("p_true.tmp.npy").replace(path)
+            features.p_true = np.load(path)
+        except GhostTrackError as exc:  # a tokenizer without distinct Yes / No tokens
+            features.info["p_true_missing"] = str(exc)
     latents = add_sae_features(features, saes)
     if tracker is not None:
         add_track_features(features, tracker, latents)

@@ -64,9 +64,10 @@ def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [m["name"] for m in results["methods"]]
-    assert names == ["tracks", "tracks_bag", "resid_probe", "sae_probe", "logprob", "length", "p_true",
-                     "answer_text", "question_probe"]
-    assert results["skipped"] == []
+    assert names == ["tracks", "tracks_bag", "resid_probe", "sae_probe", "logprob", "length", "answer_text",
+                     "question_probe"]
+    # The tiny test tokenizer has no distinct " Yes" / " No" tokens: P(True) is skipped, with the reason.
+    assert [(s["name"], "same token" in s["reason"]) for s in results["skipped"]] == [("p_true", True)]
     assert results["data"]["rows"] == 32 and results["data"]["duplicates_dropped"] == 0
     assert [c["name"] for c in results["comparisons"]][:3] == [
         "resid+tracks vs resid", "resid+tracks vs resid+sae_bag", "null: resid+shuffled_tracks vs resid"]

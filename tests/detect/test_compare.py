@@ -50,6 +50,7 @@ def test_question_only_labels_give_no_comparison_an_interval_excluding_zero():
     comparisons, oof = run_comparisons(features, methods, labels, groups, seeds=[0, 1], n_boot=200, **KW)
     assert {c["name"] for c in comparisons} == {"resid+tracks vs resid", "resid+tracks vs resid+sae_bag",
                                                 "null: resid+shuffled_tracks vs resid", "tracks_bag vs answer_text",
+                                                "resid+tracks vs resid+shuffled_tracks",
                                                 "resid vs answer_text"}
     for c in comparisons:
         lo, hi = c["ci"]
@@ -107,5 +108,6 @@ def test_planted_answer_side_signal_is_found_by_the_track_bag_alone():
     comparisons, _ = run_comparisons(features, methods, labels, groups, seeds=[0, 1], n_boot=200, **KW)
     found = {c["name"]: c for c in comparisons}
     assert found["resid+tracks vs resid"]["ci"][0] > 0.2
+    assert found["resid+tracks vs resid+shuffled_tracks"]["ci"][0] > 0.2
     lo, hi = found["null: resid+shuffled_tracks vs resid"]["ci"]
     assert lo <= 0 <= hi
