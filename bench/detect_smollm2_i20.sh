@@ -5,11 +5,11 @@
 #   1. a store of TOKENS Wikipedia tokens at LAYERS (adjacent layers: the tracker matches each layer
 #      with the next one), 2. one TopK SAE per layer, each from its own seed (layer_seed), 3. their
 #      matches by co-activation over the store's held-out rows, 4. detection on truthqa_tf and sciq_tf
-#      (duplicates dropped) with the paired comparisons over 5 fold seeds.
+#      (duplicates dropped) with the paired comparisons over 5 fold seeds, 5. the model's own answers.
 # The full recipe (defaults): 1M tokens per layer at every second layer 8-20, expansion 8, 4 epochs,
 # aiming at held-out FVU <= 0.25. On this 2-core shared CPU it did NOT fit a session; the run reported
 # in bench/results/detect_smollm2_i20_cpu.md used the small settings below (stated there):
-#   TOKENS=60k LAYERS=11,12,13 EXPANSION=4 EPOCHS=2 N=489 bash bench/detect_smollm2_i20.sh
+#   TOKENS=60k LAYERS=11,12,13 EXPANSION=4 EPOCHS=2 N=489 OWN=0 bash bench/detect_smollm2_i20.sh
 # The SAEs are trained on Wikipedia text only: Q/A-format text from the detection sources would put
 # held-out questions into training.
 set -e
@@ -36,4 +36,7 @@ for DATA in truthqa_tf sciq_tf; do
   [ -f "$RUN/detect/$DATA/results.json" ] || \
     $GT detect --data "sae-probes:$DATA" $COMMON --out "$RUN/detect/$DATA"
 done
+# The model's own answers to sciq_tf's questions (graded against the correct answers there).
+[ -f "$RUN/detect/sciq_own/results.json" ] || [ "${OWN:-1}" = 0 ] || \
+  $GT detect --data sae-probes:sciq_tf --own-answers $COMMON --out "$RUN/detect/sciq_own"
 .venv/bin/python bench/detect_i20_report.py "$RUN"
