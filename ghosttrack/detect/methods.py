@@ -71,8 +71,8 @@ def _l1_logistic(C: float) -> LogisticRegression:
     import sklearn
 
     if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 8):  # `penalty` deprecated there
-        return LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, max_iter=2000)
-    return LogisticRegression(penalty="l1", solver="liblinear", C=C, max_iter=2000)
+        return LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, max_iter=2000, random_state=0)
+    return LogisticRegression(penalty="l1", solver="liblinear", C=C, max_iter=2000, random_state=0)
 
 
 def text_probe(C: float = 1.0):
