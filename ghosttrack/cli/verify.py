@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import click
 
+from ghosttrack.cli.options import config_command_options
+from ghosttrack.config_fields import from_options
+from ghosttrack.run_config import VerifyRun
 from ghosttrack.store.errors import StoreError
 
 
 @click.command()
-@click.argument("store", type=click.Path(file_okay=False))
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def verify(store: str, progress: bool) -> None:
+@config_command_options(VerifyRun)
+def verify(**options) -> None:
     """Check every committed chunk of STORE: present, full size, CRC-32C, finite values.
 
     Prints a summary and exits 0 when the store is healthy; lists every damaged chunk and exits 2
@@ -18,7 +20,9 @@ def verify(store: str, progress: bool) -> None:
     from ghosttrack.store.reader import REPAIR_COMMAND
     from ghosttrack.store.verify import verify_store
 
-    report = verify_store(store, progress=progress)
+    cfg = from_options(VerifyRun, options)
+    store = cfg.store
+    report = verify_store(store, progress=cfg.progress)
     click.echo(report.summary())
     if not report.healthy:
         raise StoreError(f"store {store} has {len(report.damaged)} damaged chunk file(s) in chunk(s) "

@@ -39,7 +39,7 @@ from ghosttrack.store.loader import ActivationLoader, LoaderConfig, split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
 from ghosttrack.train.checklist import layer_checklist
-from ghosttrack.train.config import TrainerConfig, check_target_l0, parse_positions
+from ghosttrack.train.config import TrainerConfig, check_target_l0, layer_seed, parse_positions
 from ghosttrack.train.curves import write_curves
 from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
@@ -106,7 +106,8 @@ class SAETrainer:
                 f"fewer than one batch of {cfg.batch_size} per process; lower --batch-size or extract more tokens")
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
 
-        torch.manual_seed(cfg.seed)
+        self.init_seed = layer_seed(cfg.seed, layer)
+        torch.manual_seed(self.init_seed)
         self.sae = SparseAutoencoder(sae_cfg, pre_encoder_bias=cfg.pre_encoder_bias).to(self.device)
         optimizer = make_adam(self.sae.param_groups(cfg.lr), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
@@ -229,8 +230,8 @@ class SAETrainer:
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._start(resume_state)
-        if self.state.finished:
-            return self.state.history["summary"]
+        if self.state.finished:  # a finished run, maybe copied elsewhere: the summary names where it is now
+            return {**self.state.history["summary"], "out_dir": str(self.out_dir)}
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", desc=f"layer {self.layer}",
                    disable=not self.progress, dynamic_ncols=True)
         if self.progress:
@@ -398,7 +399,8 @@ class SAETrainer:
         folded = self.sae.folded(self.state.input_scale)
         meta = {**self.metadata, "ghosttrack": {**self.metadata.get("ghosttrack", {}),
                                                 "input_scale_folded": self.state.input_scale,
-                                                "step": self.state.step, "trainer_config": self.cfg.to_dict(),
+                                                "step": self.state.step, "init_seed": self.init_seed,
+                                                "trainer_config": self.cfg.to_dict(),
                                                 "skipped": self.state.history["skipped"],
                                                 "sparsity_coeff": self.sparsity_coefficient()}}
         save_sae(folded, directory, meta)

@@ -75,8 +75,8 @@ def test_the_controller_raises_the_coefficient_when_too_dense_and_lowers_it_when
 @pytest.mark.parametrize("extra, message", [
     (["--arch", "topk", "--target-l0", "8"], "topk: --k"),
     (["--arch", "jumprelu", "--target-l0", "64"], "below the number of latents 64"),
-    (["--arch", "relu", "--target-l0", "0"], "positive"),
-    (["--arch", "relu", "--target-l0", "nan"], "positive"),
+    (["--arch", "relu", "--target-l0", "0"], "--target-l0"),
+    (["--arch", "relu", "--target-l0", "nan"], "--target-l0"),
 ])
 def test_bad_targets_are_refused_in_one_line(tmp_path, store, extra, message):
     result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--layer", "0", "--d-hidden", str(H),
