@@ -8,6 +8,8 @@ One group per extraction run:
   them that plain zarr checks on every read (format 2; format-1 stores have no checksum).
 - ``tokens`` (int32), ``positions`` (int32, position inside its packed sequence) and
   ``sequence_ids`` (int64, index of the packed sequence): (n_tokens,), same row chunking.
+- ``checksums`` (format 3): (n_chunks, n_arrays) uint32, one row per chunk: each array's chunk
+  checksum bound to the array's name, the chunk index, dtype and shape (``binding.py``).
 
 With ``shard_chunks`` = N > 1 every array is a zarr v3 sharded array: one object (shard) holds N
 chunks of ``chunk_tokens / N`` rows each with its CRC-32C, plus an index (N times fewer objects, for
@@ -37,10 +39,12 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from .errors import StoreError
 from .location import Location, as_location, zarr_store
 
-FORMAT_VERSION = 2
-"""Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec)."""
-READABLE_VERSIONS = (1, 2)
-"""Format versions this version reads (1: no checksums)."""
+FORMAT_VERSION = 3
+"""Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec); 3: plus a
+checksum per chunk that binds it to its array, index, dtype and shape (``binding.py``)."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Format versions this version reads (1: no checksums; 1 and 2 only unchecked or after
+``ghosttrack verify --upgrade``)."""
 DTYPE = "float16"
 """The layers' default dtype; ``float32`` is the other one a store may hold (the ``dtype`` attribute)."""
 LAYER_DTYPES = {"float16": "<f2", "float32": "<f4"}
@@ -176,6 +180,10 @@ def create_group(path: Location, attrs: dict[str, Any], target_tokens: int) -> z
         _create_array(group, layer_array(layer), (target_tokens, d), (ct, d), LAYER_DTYPES[attrs["dtype"]], n)
     for name, dtype in ROW_ARRAYS.items():
         _create_array(group, name, (target_tokens,), (ct,), dtype, n)
+    if attrs["format_version"] >= 3:
+        from .binding import create_records
+
+        create_records(group, array_names(attrs["layers"]), -(-target_tokens // ct))
     return group
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import binding
 from . import format as fmt
 from .commits import (COMMITS_DIR, RankCommit, finalize_store, mark_multi_process, own_chunk,
                       read_rank_commits, recorded_world_size, write_rank_commit)
@@ -84,6 +85,11 @@ class StoreWriter:
         # Each array's own metadata says whether its chunks end with a checksum (format 1: none).
         self._checksum = {name: fmt.has_checksum(a) for name, a in self._arrays.items()}
         self._chunk_bytes = sum(fmt.chunk_file_size(a) for a in self._arrays.values())
+        self._store_dtype = attrs.get("dtype", fmt.DTYPE)
+        # The bound checksums of each chunk (format 3; written for an older store too, where its
+        # records array exists after `ghosttrack verify --upgrade`).
+        self._records = group.get(binding.CHECKSUMS) if binding.CHECKSUMS in group else None
+        self._record_names = list(self._records.attrs["arrays"]) if self._records is not None else []
         self.d_model: int = attrs["d_model"]
         layer_dtype = np.dtype(fmt.LAYER_DTYPES[attrs.get("dtype", fmt.DTYPE)])
         self._dtypes = {fmt.layer_array(i): layer_dtype for i in self.layers}
@@ -207,6 +213,7 @@ class StoreWriter:
         for array in self._arrays.values():
             if array.shape[0] != self.target_tokens:  # killed while completing: undo the cut
                 array.resize((self.target_tokens,) + array.shape[1:])
+        for array in [*self._arrays.values(), *([self._records] if self._records is not None else [])]:
             for c in range(n_chunks):
                 commit = commits[c % ws]
                 if commit.complete or (c // ws) * ct < commit.committed_tokens:
@@ -289,10 +296,24 @@ class StoreWriter:
             for name, f in self._files.items():
                 if pad:
                     f.write(np.zeros((pad,) + self._arrays[name].shape[1:], self._dtypes[name]))
-            commit_all(list(self._files.values()))
+            commit_all(list(self._files.values()) + self._record(self.next_chunk, self._files))
         except OSError as e:
             self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
         self._files, self._n_buf = {}, 0
+
+    def _record(self, c: int, files: dict) -> list:
+        """The record of chunk ``c``'s bound checksums, as a file to commit with its data files
+        (none for a store without a records array)."""
+        if self._records is None:
+            return []
+        sums = {}
+        for name, f in files.items():
+            a = self._arrays[name]
+            sums[name] = binding.bind(f.data_crc, binding.header(name, c, a.dtype, a.shards or a.chunks,
+                                                                 self._store_dtype))
+        record = atomic_file(binding.record_file(self.path, self._records, c), checksum=True)
+        record.write(binding.record_row(self._record_names, sums))
+        return [record]
 
     # ---------------------------------------------------------------- repairing
 
@@ -314,6 +335,7 @@ class StoreWriter:
         rows.update(tokens=tokens, positions=positions, sequence_ids=sequence_ids)
         where = f"while rewriting chunk {c} of {self.path}"
         files: list[AtomicFile | ObjectUpload] = []
+        by_name = {}
         try:
             self._check_free_space(where)
             for name, a in rows.items():
@@ -321,11 +343,12 @@ class StoreWriter:
                 want = (n,) + self._arrays[name].shape[1:]
                 if a.shape != want:
                     raise ValueError(f"{name} has shape {a.shape}, chunk {c} needs {want}")
-                f = self._chunk_file(name, c)
+                f = by_name[name] = self._chunk_file(name, c)
                 files.append(f)
                 f.write(a)
                 if n < ct:
                     f.write(np.zeros((ct - n,) + want[1:], a.dtype))
+            files += self._record(c, by_name)
             commit_all(files)
         except BaseException as e:
             for f in files:
