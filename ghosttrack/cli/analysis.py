@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ghosttrack.cli.common import config_option, corpus_options, local_output, token_count
+from ghosttrack.cli.options import store_access, store_access_options
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.run_config import parse_token_count, save_resolved_config
 from ghosttrack.store.stats import MAX_NORM_RATIO
@@ -102,6 +103,7 @@ def _default_device() -> str:
 @click.option("--show", default="", help="Feature ids to print in the terminal, e.g. 0,17,42.")
 @click.option("--allow-layer-mismatch", is_flag=True,
               help="Read --layer (or a store hook) other than the one the SAE was trained on, on purpose.")
+@store_access_options
 def interpret(**options) -> None:
     """Top examples, common tokens, dead/dense features and an HTML browser for every SAE feature.
 
@@ -110,6 +112,7 @@ def interpret(**options) -> None:
     """
     from ghosttrack.interpret.features import InterpretConfig, analyze_sae, print_feature_summary
     from ghosttrack.sae.agreement import check_layer_agreement
+    from ghosttrack.sae.files import read_cfg
     from ghosttrack.store.format import read_store_attrs
     from ghosttrack.store.location import as_location
 
@@ -126,6 +129,7 @@ def interpret(**options) -> None:
         html=not options["no_html"], skip_positions=options["skip_positions"], model=options["model"],
         gguf=options["gguf"], quantile_bands=options["quantile_bands"],
         examples_per_band=options["examples_per_band"], neighbors=options["neighbors"],
+        store=store_access(options),
     )
     dirs = sae_dirs(options["sae_path"])
     if len(dirs) > 1 and options["layer"] is not None:
@@ -133,7 +137,7 @@ def interpret(**options) -> None:
     store_at = as_location(options["store"])
     store_hook = (read_store_attrs(store_at) or {}).get("hook") if store_at.is_dir() else None
     for directory in dirs:
-        check_layer_agreement(json.loads((directory / "cfg.json").read_text()), options["layer"], store_hook,
+        check_layer_agreement(read_cfg(directory), options["layer"], store_hook,
                               sae=str(directory), allow_mismatch=options["allow_layer_mismatch"])
         summary = analyze_sae(directory, options["store"], options["out"], layer=options["layer"], config=config)
         layer_dir = Path(summary["files"]["features"]).parent

@@ -49,3 +49,19 @@ def apply(options: list, func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def store_access_options(func):
+    """--trust-store and --allow-partial-store (``StoreAccess``'s fields): every command that reads
+    activations from a store spells its opt-outs the same way."""
+    from ghosttrack.stores import StoreAccess
+
+    return apply(dataclass_options(StoreAccess), func)
+
+
+def store_access(options: dict):
+    """The ``StoreAccess`` the parsed options ask for."""
+    from ghosttrack.config_fields import values_for
+    from ghosttrack.stores import StoreAccess
+
+    return StoreAccess(**values_for(StoreAccess, options))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ghosttrack.cli.options import store_access, store_access_options
 from ghosttrack.errors import GhostTrackError
 
 
@@ -28,8 +29,9 @@ def _default_device() -> str:
               help="Source latents per tile of the data-free matching.")
 @click.option("--dst-block", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Candidate latents per tile of the data-free matching.")
+@store_access_options
 def match(sae_dir: str, out: str, store: str | None, top: int, device: str | None, src_block: int,
-          dst_block: int) -> None:
+          dst_block: int, **access) -> None:
     """Match the latents of consecutive layers' SAEs: a sparse edge list (src, dst, score) per pair.
 
     Without --store the score is data-free (decoder rows after folding thresholds, as SAE Match);
@@ -39,7 +41,7 @@ def match(sae_dir: str, out: str, store: str | None, top: int, device: str | Non
     from ghosttrack.tracks.match import BlockSizes
 
     summary = run_matching(sae_dir, out, store_path=store, top=top, device=device or _default_device(),
-                           blocks=BlockSizes(src_block, dst_block))
+                           blocks=BlockSizes(src_block, dst_block), access=store_access(access))
     for pair in summary["pairs"]:
         head = f"layer {pair['src_layer']} -> {pair['dst_layer']}: {pair['edges']:,} edges"
         if "rows" in pair:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ghosttrack.cli.common import config_option, local_output
-from ghosttrack.cli.options import apply, dataclass_options
+from ghosttrack.cli.options import apply, dataclass_options, store_access_options
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.sae import ARCHITECTURES
@@ -48,6 +48,7 @@ def train_options(func):
               help="Output folder; each layer goes to OUT/layer_<i>/ (best SAE, final/, trainer_state.pt, history.json).")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs in OUT (same options required).")
 @click.option("--overwrite", is_flag=True, help="Replace existing runs in OUT.")
+@store_access_options
 def train(**options) -> None:
     """Train a sparse autoencoder on each layer of an activation store."""
     run_training(options)

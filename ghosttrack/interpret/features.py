@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +31,7 @@ from ghosttrack.interpret.scan import FeatureStats, LogBins, run_pass
 from ghosttrack.interpret.tokens import TokenDecoder, load_store_tokenizer
 from ghosttrack.run_config import layer_dir
 from ghosttrack.store.stats import MAX_NORM_RATIO
+from ghosttrack.stores import StoreAccess
 
 __all__ = ["FeatureInterpreter", "InterpretConfig", "analyze_sae", "check_inputs", "density_histogram", "open_store",
            "print_feature_summary", "sae_layer", "trimmed_histogram", "write_records"]
@@ -72,6 +73,8 @@ class InterpretConfig:
     """Promoted and suppressed tokens listed per feature."""
     device: str = "cpu"
     """Device of the encoder pass and the top-k merge."""
+    store: StoreAccess = field(default_factory=StoreAccess)
+    """How the store is read (checked, finished stores only, unless told otherwise)."""
     output_format: str = "auto"
     """'json' (one list), 'jsonl' (one feature per line), or 'auto': jsonl above `jsonl_above` features."""
     jsonl_above: int = 16_384
@@ -376,7 +379,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
-    store = open_store(store_path)
+    store = open_store(store_path, config.store)
     interpreter = FeatureInterpreter(sae, store, layer, config)
     interpreter.run()
     summary = interpreter.summary()

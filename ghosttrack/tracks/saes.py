@@ -1,7 +1,6 @@
 """The per-layer SAEs of a run (`DIR/layer_<i>/`), checked from their cfg.json before any slow work."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae.files import read_cfg
 
 _LAYER_DIR = re.compile(r"layer_(\d+)")
 
@@ -67,11 +67,7 @@ def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
         if not cfg_file.is_file():
             raise GhostTrackError(f"{sub} has no cfg.json: it is not a finished SAE; finish its training "
                                   f"(ghosttrack train ... --resume) or remove the folder")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-            int(cfg["d_in"]), int(cfg["d_sae"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise GhostTrackError(f"{cfg_file} is not a readable SAE config ({exc}); retrain that layer") from exc
+        cfg = read_cfg(sub)
         dirs[int(m.group(1))] = sub
         cfgs[int(m.group(1))] = cfg
     if len(dirs) < min_layers:

@@ -19,32 +19,19 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae import ARCHITECTURES
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
-from ghosttrack.store.format import LOCK_PREFIX
-from ghosttrack.store.location import as_location
-from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
+from ghosttrack.stores import StoreAccess, open_store_for
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
 from ghosttrack.train.config import TrainerConfig
 
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.
-NOT_SAVED = ("resume", "overwrite", "config")
+NOT_SAVED = ("resume", "overwrite", "config", "trust_store", "allow_partial_store")
 
 
-def open_training_store(path: str | Path) -> ActivationStore:
+def open_training_store(path: str | Path, access: StoreAccess = StoreAccess()) -> ActivationStore:
     """The store, refused (with the fix) while it is being written or when its extraction stopped early."""
-    store = ActivationStore.open(path)
-    if store.complete:
-        return store
-    target = store.attrs.get("target_tokens", "?")
-    for lock in sorted(as_location(path).glob(f"{LOCK_PREFIX}*"), key=str):
-        holder = live_holder(lock)  # asks the OS lock: a killed writer's record or a reused pid is not alive
-        if holder is None:
-            continue
-        raise GhostTrackError(f"store {path} is still being written (pid {holder.get('pid')}, {store.n_tokens:,} of "
-                              f"{target:,} tokens so far); wait for ghosttrack extract to finish, then train")
-    raise GhostTrackError(f"store {path} is incomplete ({store.n_tokens:,} of {target:,} tokens committed; its "
-                          f"extraction was interrupted); finish it with ghosttrack extract ... --resume")
+    return open_store_for("train", path, access)
 
 
 def _prepare_dir(directory: Path, *, resume: bool, overwrite: bool) -> dict | None:
@@ -112,7 +99,7 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
     Returns {layer: summary dict, or the exception that stopped that layer}. A failing layer is
     reported on stderr and does not stop the others; Ctrl-C does (after saving a resumable state).
     """
-    store = open_training_store(store_path)
+    store = open_training_store(store_path, StoreAccess(**values_for(StoreAccess, options)))
     wanted = parse_layers(layers)
     wanted = store.layers if wanted == "all" else wanted
     try:
