@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +82,17 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
-def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of --out options that write local files (SAEs, reports): a store URL there would
-    otherwise become a local folder named 's3:'. One line, exit 2, before any work."""
-    from ghosttrack.store.location import as_location, is_remote
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
 
-    if value is not None and is_remote(as_location(value)):
-        raise GhostTrackError(f"{param.opts[0]} {value}: this output is written to a local folder, not to "
-                              "object storage (only activation stores go there: extract --out, --store); "
-                              "pass a local path")
+
+def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of every output option that writes local files (SAEs, reports, edge lists, caches):
+    a URL there would otherwise become a local folder named 's3:'. One line, exit 2, before any work.
+    Only `extract --out` writes to object stores (its store location parses the URL itself)."""
+    m = _URL.match(str(value)) if value is not None else None
+    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):  # not C:\ on Windows
+        command = ctx.command.name if ctx is not None and ctx.command is not None else "this command"
+        raise GhostTrackError(f"{param.opts[0]} {value}: {command} writes local folders only; pass a local path")
     return value
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ghosttrack.cli.common import local_output
 from ghosttrack.run_config import parse_layers
 
 
@@ -31,9 +32,9 @@ def _command_line(ctx: click.Context) -> str:
               help="SAE folder, or a folder of layer_<i>/ SAE folders (the sparse SAE probe; the tracker's layers).")
 @click.option("--matches", default=None, type=click.Path(file_okay=False),
               help="Edge lists from `ghosttrack match` (the tracker's statistics, method 'tracks').")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
               help="Output folder: results.json, results.md, cache/ (features per model, data and layers).")
-@click.option("--cache", default=None, type=click.Path(file_okay=False),
+@click.option("--cache", default=None, type=click.Path(file_okay=False), callback=local_output,
               help="Feature cache folder, shareable between runs [default: OUT/cache].")
 @click.option("--probe-layers", default="all", show_default=True,
               help="Layers the residual probe chooses among (inside the training folds): 0-29, 0,6,11 or all.")

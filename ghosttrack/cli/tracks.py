@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ghosttrack.cli.common import local_output
 from ghosttrack.cli.options import store_access, store_access_options
 from ghosttrack.errors import GhostTrackError
 
@@ -18,7 +19,7 @@ def _default_device() -> str:
 @click.command()
 @click.option("--sae", "sae_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of per-layer SAE folders layer_<i>/ (the --out of ghosttrack train).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
               help="Output folder: layer_<i>_to_<j>.parquet per consecutive pair, and summary.json.")
 @click.option("--store", default=None, type=click.Path(file_okay=False),
               help="Activation store the SAEs were trained on: score by co-activation over its held-out rows.")
@@ -62,7 +63,7 @@ def match(sae_dir: str, out: str, store: str | None, top: int, device: str | Non
 @click.option("--text", default=None, help="Text to track.")
 @click.option("--input", "input_file", default=None, type=click.Path(dir_okay=False),
               help="File whose text to track (instead of --text).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
               help="Output folder: tracks.json, token_stats.parquet, index.html.")
 @click.option("--interp", default=None, type=click.Path(file_okay=False),
               help="The --out folder of ghosttrack interpret: latents link to their feature-browser pages.")
