@@ -393,6 +393,12 @@ class ActivationStore:
                    for p in ([entry] if entry.is_file() else entry.rglob("*")) if p.is_file())
 
     @property
+    def corpus_ran_out(self) -> bool:
+        """True when the extraction finished before its target: the corpus had no more text (a
+        complete store is never cut short otherwise)."""
+        return self.complete and self.n_tokens < self.attrs.get("target_tokens", self.n_tokens)
+
+    @property
     def array_names(self) -> list[str]:
         """Every array: the layers, then tokens, positions and sequence_ids."""
         return list(self._arrays)
@@ -424,6 +430,8 @@ class ActivationStore:
         damaged, whatever its commit record says."""
         a = self.attrs
         state = "complete" if self.complete else "incomplete (resume with --resume)"
+        if self.corpus_ran_out:
+            state += f": corpus ran out at {self.n_tokens:,} of {a['target_tokens']:,} tokens"
         damaged = self.damaged_files()
         if damaged:
             name, c, why = damaged[0]

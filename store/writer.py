@@ -45,9 +45,14 @@ def _lock_name(rank: int, world_size: int) -> str:
 
 
 def _own_rows(total: int, rank: int, world_size: int, chunk_tokens: int) -> int:
-    """Rows of the first ``total`` rows that lie in the chunks owned by ``rank``."""
+    """Rows of the first ``total`` rows that lie in the chunks owned by ``rank`` (chunks c with
+    c % world_size == rank; every chunk is full but the last). Closed form: no loop over chunks."""
     n_chunks = -(-total // chunk_tokens)
-    return sum(min(chunk_tokens, total - c * chunk_tokens) for c in range(rank, n_chunks, world_size))
+    owned = max(0, -(-(n_chunks - rank) // world_size))
+    rows = owned * chunk_tokens
+    if owned and (n_chunks - 1) % world_size == rank:  # the last chunk is ours: it may be partial
+        rows -= n_chunks * chunk_tokens - total
+    return rows
 
 
 def _open_arrays(path: Path, group: zarr.Group, layers: list[int]) -> dict[str, zarr.Array]:
@@ -207,20 +212,27 @@ class StoreWriter:
         files past any rank's commit, arrays shaped for target_tokens again."""
         remove_partials(self.path)
         ct, ws = self.chunk_tokens, self.world_size
-        n_chunks = -(-self.target_tokens // ct)
-        # On an object store one listing says which chunks exist: no DELETE per possible chunk.
-        present = set(self.path.sizes()) if is_remote(self.path) else None
         for array in self._arrays.values():
             if array.shape[0] != self.target_tokens:  # killed while completing: undo the cut
-                array.resize((self.target_tokens,) + array.shape[1:])
+                fmt.resize_rows(array, self.target_tokens)
+        # Only the chunk files that exist are looked at (one listing per array): no call per
+        # possible chunk of a large target.
         for array in [*self._arrays.values(), *([self._records] if self._records is not None else [])]:
-            for c in range(n_chunks):
+            for c in self._stored_chunks(array):
                 commit = commits[c % ws]
                 if commit.complete or (c // ws) * ct < commit.committed_tokens:
                     continue
-                f = fmt.chunk_file(self.path, array, c)
-                if present is None or str(f)[len(str(self.path)) + 1:] in present:
-                    f.unlink(missing_ok=True)
+                fmt.chunk_file(self.path, array, c).unlink(missing_ok=True)
+
+    def _stored_chunks(self, array: zarr.Array) -> list[int]:
+        """Indices of the row chunks of ``array`` that have a file (or object)."""
+        folder = as_location(self.path) / array.path / "c"
+        if is_remote(self.path):
+            prefix = f"{array.path}/c/"
+            keys = [k[len(prefix):].split("/")[0] for k in self.path.sizes() if k.startswith(prefix)]
+        else:
+            keys = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        return sorted({int(k) for k in keys if k.isdigit()})
 
     # ---------------------------------------------------------------- writing
 
@@ -416,7 +428,7 @@ class StoreWriter:
                     try:
                         for array in self._arrays.values():
                             if array.shape[0] != total:
-                                array.resize((total,) + array.shape[1:])
+                                fmt.resize_rows(array, total)
                     except OSError as e:
                         self._fail(e, f"while completing {self.path}")
                 self._commit(total, complete=True)

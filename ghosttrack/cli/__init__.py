@@ -188,8 +188,19 @@ def run_extraction(options: dict, *, command: str) -> Path:
         # --resume/--overwrite/--repair say how to treat an existing store, not what the store is.
         saved = {k: v for k, v in options.items() if k not in ("resume", "overwrite", "repair", "break_lock", "device")}
         save_resolved_config(out, command="extract", options=saved)
+        _report_short_corpus(out)
         click.echo(f"wrote {out}", err=True)
     return out
+
+
+def _report_short_corpus(out) -> None:
+    """One line when the corpus ran out before --tokens (the store records it: ghosttrack info shows it)."""
+    from ghosttrack.store.reader import ActivationStore
+
+    store = ActivationStore.open(out, trust=True)
+    if store.corpus_ran_out:
+        click.echo(f"corpus ran out at {store.n_tokens:,} of {store.attrs['target_tokens']:,} tokens: {out} is "
+                   f"complete with {store.n_tokens:,} tokens; pass a bigger --corpus for more", err=True)
 
 
 def _repair(extractor, plan, out: Path, batch_size: int, *, progress: bool) -> None:
