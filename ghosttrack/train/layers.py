@@ -73,13 +73,32 @@ def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, 
     saved = _prepare_dir(directory, resume=resume, overwrite=overwrite)
     trainer = SAETrainer(store, layer, sae_cfg, cfg, directory, metadata=sae_metadata(store, layer),
                          accelerator=accelerator, progress=progress)
+    clean = {k: v for k, v in (options or {}).items() if k not in NOT_SAVED}
+    created = not directory.exists()
     if trainer.main:
         directory.mkdir(parents=True, exist_ok=True)
         if options is not None:
-            clean = {k: v for k, v in options.items() if k not in NOT_SAVED}
             save_resolved_config(directory, "train", clean)
-            save_resolved_config(directory / FINAL_DIR, "train", clean)
-    return trainer.run(saved)
+    try:
+        summary = trainer.run(saved)
+    except Exception:  # not KeyboardInterrupt: an interrupted run keeps its files to resume from
+        if trainer.main:
+            _remove_unfinished(directory, created)
+        raise
+    if trainer.main and options is not None:  # final/ gets its config only beside its weights
+        save_resolved_config(directory / FINAL_DIR, "train", clean)
+    return summary
+
+
+def _remove_unfinished(directory: Path, created: bool) -> None:
+    """After a failed run with nothing to resume from (no checkpoint, no saved SAE), remove what it wrote
+    (its config.json, history.json) so that nothing looks like a finished run or a resumable one."""
+    if any((directory / name).exists() for name in (STATE_FILE, WEIGHTS_FILE, CFG_FILE)):
+        return  # a checkpoint or a best SAE: --resume continues from it
+    for name in (CONFIG_FILENAME, HISTORY_FILE):
+        (directory / name).unlink(missing_ok=True)
+    if created and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConfig, TrainerConfig]:
