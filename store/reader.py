@@ -63,6 +63,24 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _positive_int(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def _bad_attributes(attrs: dict[str, Any]) -> str | None:
+    """A description of the attributes no writer writes (None: they are well-formed)."""
+    layers = attrs["layers"]
+    if not isinstance(layers, list) or not layers or not all(type(i) is int and i >= 0 for i in layers) \
+            or len(set(layers)) != len(layers):
+        return f"layers={layers!r}"
+    for key in ("d_model", "chunk_tokens", "context_length"):
+        if not _positive_int(attrs[key]):
+            return f"{key}={attrs[key]!r}"
+    if "target_tokens" in attrs and not _positive_int(attrs["target_tokens"]):
+        return f"target_tokens={attrs['target_tokens']!r}"
+    return None
+
+
 class ActivationStore:
     """A GhostTrack activation store opened for reading (see ``format.py`` for the layout)."""
 
@@ -98,8 +116,9 @@ class ActivationStore:
         self._paths: dict[tuple[str, int], str] = {}
         self.store_dtype: str = str(attrs.get("dtype", fmt.DTYPE))
         self._records = group[binding.CHECKSUMS] if binding.CHECKSUMS in group else None
-        self.bound = attrs["format_version"] >= binding.BOUND_FORMAT and self._records is not None
-        """Whether every committed chunk has a bound checksum (format 3, or upgraded)."""
+        self.bound = self._records is not None
+        """Whether every committed chunk has a bound checksum (format 3, or upgraded). The records
+        decide, not the version number: only the writer of a format-3 store or an upgrade makes them."""
         self._record_of: dict[int, dict[str, int] | str] = {}
         self._checked: set[tuple[str, int]] = set()
         """Local chunks whose checksums this reader has checked (each is checked once)."""
@@ -128,6 +147,9 @@ class ActivationStore:
         if missing_keys:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
+        bad = _bad_attributes(attrs)
+        if bad:
+            raise StoreError(f"store {path} is damaged: its attributes hold {bad}; re-extract with --overwrite")
         check_commit_record(path, attrs)
         attrs = progress_while_writing(path, attrs)  # several processes writing: their merged prefix
         try:
@@ -139,6 +161,9 @@ class ActivationStore:
         store._check_shapes()
         if attrs["format_version"] >= binding.BOUND_FORMAT and store._records is None:
             raise StoreError(f"store {path} is damaged: its checksums array is missing; {repair_hint(path)}")
+        if store.bound and store._records.attrs.get("arrays") != store.array_names:
+            raise StoreError(f"store {path} is damaged: its attributes name the arrays {store.array_names}, its "
+                             f"checksums cover {store._records.attrs.get('arrays')}; re-extract with --overwrite")
         if not trust and not store.bound:
             raise StoreError(binding.unbound_refusal(path, attrs["format_version"]))
         return store
