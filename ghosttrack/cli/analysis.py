@@ -202,6 +202,7 @@ def evaluate(**options) -> None:
     from ghosttrack.corpus.sources import open_corpus
     from ghosttrack.evaluate import EvalConfig, default_output, evaluate_sae, format_table, held_out_skip, sae_hook
     from ghosttrack.extract.models import load_model
+    from ghosttrack.extract.preflight import check_corpus
     from ghosttrack.corpus.packing import pack_batches
     from ghosttrack.interpret.inputs import sae_skip_positions
     from ghosttrack.sae.module import load_sae
@@ -232,6 +233,7 @@ def evaluate(**options) -> None:
                         else sae_skip_positions(sae))
     corpus = open_corpus(options["corpus"], min_chars=options["min_chars"], wiki_language=options["wiki_language"],
                          wiki_date=options["wiki_date"], text_field=options["text_field"])
+    check_corpus(corpus)  # reachable, with a document, before minutes of model loading
     if options["skip_tokens"] == "auto":
         skip, why = held_out_skip(sae, corpus.describe(), config.seq_len, sae_dir=options["sae_path"])
     else:

@@ -120,12 +120,22 @@ def _committed(out: Path) -> int:
         return 0
 
 
+BIG = ["--tokens", "12288", "--chunk-tokens", "64", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_store(tiny_gpt2_dir, corpus_file, tmp_path_factory) -> Path:
+    """The store an uninterrupted run writes: one for every kind of stop below (extraction is deterministic)."""
+    reference = tmp_path_factory.mktemp("uninterrupted") / "store"
+    assert _run(_extract_args(tiny_gpt2_dir, corpus_file, reference, *BIG)).exit_code == 0
+    return reference
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGKILL, -9), (signal.SIGINT, 130), (signal.SIGTERM, 130)])
-def test_killed_extraction_resumes_to_an_identical_store(tiny_gpt2_dir, corpus_file, tmp_path, stop_signal, exit_code):
-    big = ["--tokens", "12288", "--chunk-tokens", "64", "--batch-size", "2"]
-    reference = tmp_path / "reference"
-    assert _run(_extract_args(tiny_gpt2_dir, corpus_file, reference, *big)).exit_code == 0
+def test_killed_extraction_resumes_to_an_identical_store(tiny_gpt2_dir, corpus_file, tmp_path, stop_signal, exit_code,
+                                                         uninterrupted_store):
+    big, reference = BIG, uninterrupted_store
 
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "ghosttrack.cli", *_extract_args(tiny_gpt2_dir, corpus_file, out, *big)]

@@ -8,8 +8,14 @@ import torch
 
 try:
     from sae_lens import SAE
-except ImportError:  # pragma: no cover - the dev extra installs it
-    pytest.fail("sae-lens is not installed; it is in the dev extra: pip install -e '.[dev]'", pytrace=False)
+except ImportError as error:  # pragma: no cover - the dev extra installs it
+    # Installed but failing to import (a dependency moved, a folder shadowing a package) is not "missing".
+    import importlib.util
+
+    why = (f"sae-lens is installed but its import failed: {type(error).__name__}: {error}"
+           if importlib.util.find_spec("sae_lens") else
+           "sae-lens is not installed; it is in the dev extra: pip install -e '.[dev]'")
+    pytest.fail(why, pytrace=False)
 
 from ghosttrack.sae import ARCHITECTURES, SparseAutoencoder  # noqa: E402
 from ghosttrack.sae.module import load_sae  # noqa: E402
