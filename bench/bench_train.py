@@ -122,11 +122,16 @@ def ours_step(arch: str, d: int, h: int, k: int, device, dtype: str, fused: bool
     torch.manual_seed(0)
     sae = SparseAutoencoder(sae_config(arch, d, h, k)).to(device)
     opt = adam(sae.parameters(), device)
-    since = torch.zeros(h, dtype=torch.int64, device=device)  # nothing dead: AuxK costs what it costs
+    since = torch.zeros(h, dtype=torch.int64, device=device)  # every latent just fired: nothing dead
+    window = getattr(sae.cfg, "dead_tokens", None)
+    max_dead = {}
 
     def step(x):
+        rows = x.shape[0]
+        if rows not in max_dead:  # the trainer's AuxK bound (SAETrainer._latents_that_can_die_soon), log_every=1
+            max_dead[rows] = None if window is None else int((since + rows >= window).sum())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = sae.training_loss(x, tokens_since_fired_H=since, fused=fused).loss
+            loss = sae.training_loss(x, tokens_since_fired_H=since, fused=fused, max_dead=max_dead[rows]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ Reconstruction metrics are those of `ghosttrack.metrics` (their formulas live th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,38 +30,47 @@ from tqdm.auto import tqdm
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, find_blocks, replace_residual
 from ghosttrack.metrics import ReconstructionStats
-from ghosttrack.store.stats import MAX_NORM_RATIO
+from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.run_config import parse_token_count
+from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
 
 
 @dataclass
 class EvalConfig:
     """How an SAE is evaluated."""
 
-    tokens: int = 200_000
-    """Held-out tokens to evaluate (rounded up to whole sequences)."""
-    seq_len: int = 128
+    tokens: int | str = field(default=200_000, metadata={"min": 1})
+    """Held-out tokens to evaluate (rounded up to whole sequences): 200k, 1M, 4096."""
+    seq_len: int = field(default=128, metadata={"min": 2})
     """Tokens per packed sequence."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"min": 1})
     """Sequences per forward pass."""
-    max_norm_ratio: float | None = MAX_NORM_RATIO
-    """Rows with norm > this x the median norm are left unspliced (attention sinks); None: no limit."""
-    median_norm: float | None = None
+    max_norm_ratio: float | None = field(default=MAX_NORM_RATIO, metadata={"min": 0})
+    """Rows with norm > this x the median norm are left unspliced (attention sinks); 0 or None: no limit."""
+    median_norm: float | None = field(default=None, metadata={"above": 0, "hidden": True})
     """The median norm of that rule: the one the SAE was trained with (from its cfg.json, taken over its
     training rows), so that evaluation skips the rows training skipped; None: each batch's own median."""
     splice_all: bool = False
     """Splice every position, position 0 and norm outliers included."""
-    skip_positions: tuple[int, ...] = ()
+    skip_positions: tuple[int, ...] | str = ()
     """Positions besides 0 left unspliced and out of the metrics, as in training (the CLI's default:
     the positions the SAE was trained without)."""
-    dense_threshold: float = 0.1
+    dense_threshold: float = field(default=0.1, metadata={"above": 0, "max": 1})
     """A latent firing on more than this fraction of rows is dense."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"hidden": True})
 
     def __post_init__(self) -> None:
-        if self.tokens < 1 or self.seq_len < 2 or self.batch_size < 1:
-            raise GhostTrackError("evaluate needs --tokens >= 1, --seq-len >= 2 and --batch-size >= 1")
-        if self.max_norm_ratio is not None and self.max_norm_ratio <= 0:
-            raise GhostTrackError(f"--max-norm-ratio must be > 0, got {self.max_norm_ratio}")
+        check_fields(self)
+        try:
+            self.tokens = parse_token_count(self.tokens)
+        except GhostTrackError as exc:
+            raise ConfigError(f"--tokens: {exc}") from None
+        self.max_norm_ratio = norm_ratio(self.max_norm_ratio)
+        if self.skip_positions is not None:
+            try:
+                self.skip_positions = parse_positions(self.skip_positions)
+            except ValueError as exc:
+                raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
 
     @property
     def n_sequences(self) -> int:

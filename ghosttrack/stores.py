@@ -1,30 +1,19 @@
 """How the commands that read activations (train, interpret, match --store) open a store.
 
 By default they read only a finished store and check every chunk they read against its bound
-checksum (``store/binding.py``). Both are settings of ``StoreAccess``, one field each, so every
+checksum (``store/binding.py``). Both are settings of ``run_config.StoreAccess``, one field each, so every
 command spells the opt-outs the same way (--trust-store, --allow-partial-store).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.run_config import StoreAccess
 from ghosttrack.store.format import LOCK_PREFIX
 from ghosttrack.store.location import as_location
 from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
-
-
-@dataclass
-class StoreAccess:
-    """How a command reads its activation store."""
-
-    trust_store: bool = False
-    """Read chunks without checking their checksums (a store you vouch for; also reads stores written
-    before bound checksums without ghosttrack verify --upgrade)."""
-    allow_partial_store: bool = False
-    """Read the committed rows of a store that is still being written or whose extraction stopped early."""
 
 
 def open_store_for(command: str, path: str | Path, access: StoreAccess = StoreAccess()) -> ActivationStore:

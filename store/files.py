@@ -193,11 +193,13 @@ def commit_all(files: list) -> None:
             f.abort()  # sent: drop the buffered bytes
 
 
-def write_json(path: Location, doc: Any) -> None:
-    """Write a JSON document atomically, with sorted keys so equal documents give equal bytes."""
+def write_json(path: Location, doc: Any, *, default=None, newline: bool = False) -> None:
+    """Write a JSON document atomically (a local temporary file renamed, or one PUT), with sorted keys so
+    equal documents give equal bytes: the one atomic JSON writer. ``default`` turns values JSON lacks
+    into ones it has (e.g. str); ``newline`` ends the file with one."""
     f = atomic_file(path)
     try:
-        f.write(json.dumps(doc, indent=2, sort_keys=True).encode())
+        f.write((json.dumps(doc, indent=2, sort_keys=True, default=default) + ("\n" if newline else "")).encode())
         f.commit()
     except BaseException:
         f.abort()

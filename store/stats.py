@@ -16,10 +16,8 @@ from tqdm.auto import tqdm
 
 from .errors import StoreError
 from .reader import ActivationStore
+from .rows import MAX_NORM_RATIO  # noqa: F401 - the rule's default, re-exported
 
-MAX_NORM_RATIO = 3.0
-"""The default outlier rule: attention sinks (EOS separators and the tokens after them) have norms
-60-130x the median; ordinary rows stay well under 3x. Training, interpretation and evaluation share it."""
 _BLOCK_ROWS = 8192  # float32 copies of this many rows stay small and cache-friendly
 
 

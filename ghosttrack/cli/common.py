@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import parse_token_count
+from ghosttrack.run_config import check_local_output, parse_token_count
 
 def token_count(ctx: click.Context, param: click.Parameter, value: str | int | None) -> int | None:
     """Click callback for token-count options: the error names the option (click.BadParameter)."""
@@ -68,7 +67,10 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     if "options" in data and isinstance(data["options"], dict):
         options = dict(data["options"])
     else:
-        options = {k: v for k, v in data.items() if not isinstance(v, dict) or k == "corpus_options"}
+        known = {p.name for p in ctx.command.params}
+        # A mapping under a section name is a section; under one of this command's options, a wrong value.
+        options = {k: v for k, v in data.items()
+                   if not isinstance(v, dict) or k == "corpus_options" or k.replace("-", "_") in known}
         for section in ("extract", "train", command) if command == "run" else (command,):
             if isinstance(data.get(section), dict):
                 options.update(data[section])
@@ -78,21 +80,29 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     if unknown:
         raise click.BadParameter(f"config file {value} has unknown option(s) {', '.join(unknown)} for `{command}`")
     options.pop("config", None)
+    params = {p.name: p for p in ctx.command.params}
+    for key, val in options.items():
+        options[key] = _config_value(value, params[key], val)
     ctx.default_map = {**(ctx.default_map or {}), **options}
     return value
 
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
+def _config_value(path: str, param: click.Parameter, value: Any) -> Any:
+    """A value from a config file as the option takes it: a list where one value belongs is refused
+    in one line (click would raise a TypeError), except a list of numbers for a text option, which is
+    how a saved config.json holds positions and layers ([1, 2] -> "1,2")."""
+    if not isinstance(value, (list, tuple, dict)) or param.multiple or (param.nargs or 1) != 1:
+        return value
+    if isinstance(param.type, click.types.StringParamType) and isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(map(str, value)) or "none"
+    kind = "a mapping" if isinstance(value, dict) else "a list"
+    raise click.BadParameter(f"config file {path}: {param.name} takes one value, got {kind} ({json.dumps(value)})")
 
 
 def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of every output option that writes local files (SAEs, reports, edge lists, caches):
-    a URL there would otherwise become a local folder named 's3:'. One line, exit 2, before any work.
-    Only `extract --out` writes to object stores (its store location parses the URL itself)."""
-    m = _URL.match(str(value)) if value is not None else None
-    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):  # not C:\ on Windows
-        command = ctx.command.name if ctx is not None and ctx.command is not None else "this command"
-        raise GhostTrackError(f"{param.opts[0]} {value}: {command} writes local folders only; pass a local path")
+    """Callback of --out options that write local files (see run_config.check_local_output)."""
+    check_local_output(param.opts[0], value)
     return value
 
 

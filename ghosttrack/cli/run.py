@@ -1,14 +1,17 @@
 """`ghosttrack run`: extract, then train, as the seed's extract_and_train.py did, into OUT/store and OUT/sae."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
-from ghosttrack.cli import extract_options, run_extraction
+from ghosttrack.cli import RUN_FLAGS, extract_options
 from ghosttrack.cli.common import config_option, local_output
-from ghosttrack.cli.train import run_training, train_options
+from ghosttrack.cli.train import check_training_options, run_training, train_options
+from ghosttrack.config_fields import from_options, param_name
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.extract.config import ExtractConfig
 
 STORE_DIR = "store"
 SAE_DIR = "sae"
@@ -31,22 +34,25 @@ def run(**options) -> None:
         raise GhostTrackError("--extract-only and --train-only exclude each other; pass at most one")
     out = Path(options["out"])
     store = out / STORE_DIR
-    extract_names = ("model", "gguf", "revision", "corpus", "wiki_language", "wiki_date", "text_field", "min_chars",
-                     "hook", "tokens", "seq_len", "chunk_tokens", "store_dtype", "host_buffer_mb", "layers", "device", "resume", "overwrite")
+    extraction = from_options(ExtractConfig, options, flags=RUN_FLAGS, out=str(store), layers=options["layers"],
+                              device=options["device"] if options["device"] != "auto" else None,
+                              resume=options["resume"], overwrite=options["overwrite"])
+    extract_only = {param_name(f, RUN_FLAGS) for f in dataclasses.fields(ExtractConfig)} - {"layers", "device"}
+    training = {key: value for key, value in options.items()
+                if key not in ("extract_only", "train_only", *extract_only)}
+    training.update(store=str(store), out=str(out / SAE_DIR), layers=options["layers"],
+                    resume=options["resume"], overwrite=options["overwrite"], device=options["device"] or "auto")
+    check_training_options(training)  # a bad training value stops the run before the extraction
     if not options["train_only"]:
-        extraction = {name: options[name] for name in extract_names}
-        extraction.update(batch_size=options["extract_batch_size"], dtype=options["extract_dtype"], out=str(store))
         # Training can resume on a finished store: only extract when there is something left to write.
         if not (options["resume"] and _is_complete(store)):
+            from ghosttrack.extract.pipeline import run_extraction
+
             run_extraction(extraction, command="extract")
     if options["extract_only"]:
         return
     if not store.exists():
         raise GhostTrackError(f"{store} does not exist; run without --train-only first to extract it")
-    training = {key: value for key, value in options.items()
-                if key not in ("extract_batch_size", "extract_dtype", "extract_only", "train_only", *extract_names[:-3])}
-    training.update(store=str(store), out=str(out / SAE_DIR), layers=options["layers"],
-                    resume=options["resume"], overwrite=options["overwrite"], device=options["device"] or "auto")
     run_training(training)
 
 

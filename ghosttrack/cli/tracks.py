@@ -5,34 +5,15 @@ from pathlib import Path
 
 import click
 
-from ghosttrack.cli.common import local_output
-from ghosttrack.cli.options import store_access, store_access_options
-from ghosttrack.errors import GhostTrackError
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from ghosttrack.cli.options import config_command_options
+from ghosttrack.config_fields import from_options
+from ghosttrack.precision import resolve_device
+from ghosttrack.tracks.config import MatchRun, TrackRun
 
 
 @click.command()
-@click.option("--sae", "sae_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of per-layer SAE folders layer_<i>/ (the --out of ghosttrack train).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
-              help="Output folder: layer_<i>_to_<j>.parquet per consecutive pair, and summary.json.")
-@click.option("--store", default=None, type=click.Path(file_okay=False),
-              help="Activation store the SAEs were trained on: score by co-activation over its held-out rows.")
-@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Candidates kept per latent.")
-@click.option("--device", default=None, help="Device of the blocked computation (default: cuda if present, else cpu).")
-@click.option("--src-block", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Source latents per tile of the data-free matching.")
-@click.option("--dst-block", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Candidate latents per tile of the data-free matching.")
-@store_access_options
-def match(sae_dir: str, out: str, store: str | None, top: int, device: str | None, src_block: int,
-          dst_block: int, **access) -> None:
+@config_command_options(MatchRun)
+def match(**options) -> None:
     """Match the latents of consecutive layers' SAEs: a sparse edge list (src, dst, score) per pair.
 
     Without --store the score is data-free (decoder rows after folding thresholds, as SAE Match);
@@ -41,8 +22,10 @@ def match(sae_dir: str, out: str, store: str | None, top: int, device: str | Non
     from ghosttrack.tracks.edges import run_matching
     from ghosttrack.tracks.match import BlockSizes
 
-    summary = run_matching(sae_dir, out, store_path=store, top=top, device=device or _default_device(),
-                           blocks=BlockSizes(src_block, dst_block), access=store_access(access))
+    cfg = from_options(MatchRun, options)
+    out = cfg.out
+    summary = run_matching(cfg.sae_dir, cfg.out, store_path=cfg.store, top=cfg.top, device=resolve_device(cfg.device),
+                           blocks=BlockSizes(cfg.src_block, cfg.dst_block), access=cfg)
     for pair in summary["pairs"]:
         head = f"layer {pair['src_layer']} -> {pair['dst_layer']}: {pair['edges']:,} edges"
         if "rows" in pair:
@@ -55,51 +38,26 @@ def match(sae_dir: str, out: str, store: str | None, top: int, device: str | Non
 
 
 @click.command()
-@click.option("--model", required=True, help="HF hub id, local model directory, or a .gguf file (the SAEs' model).")
-@click.option("--gguf", default=None, help="GGUF file name inside --model's directory.")
-@click.option("--sae", "sae_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of per-layer SAE folders layer_<i>/.")
-@click.option("--matches", required=True, type=click.Path(file_okay=False), help="The --out folder of ghosttrack match.")
-@click.option("--text", default=None, help="Text to track.")
-@click.option("--input", "input_file", default=None, type=click.Path(dir_okay=False),
-              help="File whose text to track (instead of --text).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
-              help="Output folder: tracks.json, token_stats.parquet, index.html.")
-@click.option("--interp", default=None, type=click.Path(file_okay=False),
-              help="The --out folder of ghosttrack interpret: latents link to their feature-browser pages.")
-@click.option("--min-score", type=float, default=None, help="Edges scoring below this link nothing [default: 0.3].")
-@click.option("--min-activation", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Latents at or below this activation count as silent.")
-@click.option("--shown", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Strongest tracks drawn per token in the HTML view.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", default=None, help="Device (default: cuda if present, else cpu).")
-def track(model: str, gguf: str | None, sae_dir: str, matches: str, text: str | None, input_file: str | None,
-          out: str, interp: str | None, min_score: float | None, min_activation: float, shown: int, dtype: str,
-          device: str | None) -> None:
+@config_command_options(TrackRun)
+def track(**options) -> None:
     """Track one text's SAE latents from layer to layer: births, continuations, splits, merges, deaths."""
-    from ghosttrack.tracks.pipeline import DEFAULT_MIN_SCORE, TrackingPipeline
+    from ghosttrack.tracks.pipeline import TrackingPipeline
     from ghosttrack.tracks.stats import token_statistics
-    from ghosttrack.tracks.view import browser_links, write_outputs
+    from ghosttrack.tracks.view import browser_links, latent_labels, write_outputs
 
-    if (text is None) == (input_file is None):
-        raise GhostTrackError("pass the text with exactly one of --text \"...\" or --input FILE")
-    if input_file is not None:
-        try:
-            text = Path(input_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GhostTrackError(f"cannot read --input {input_file} ({exc}); pass a UTF-8 text file") from exc
-    if not text.strip():
-        raise GhostTrackError("the text to track is empty; pass some text")
+    cfg = from_options(TrackRun, options)
+    text = cfg.read_text()
+    model, gguf, sae_dir, matches, out, min_activation = (cfg.model, cfg.gguf, cfg.sae_dir, cfg.matches, cfg.out,
+                                                          cfg.min_activation)
     saes, _, _ = TrackingPipeline.check(model, sae_dir, matches, gguf=gguf)
-    links = browser_links(interp, saes.layers, out)
-    pipe = TrackingPipeline.open(model, sae_dir, matches, gguf=gguf, dtype=dtype, device=device or _default_device(),
-                                 min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
-                                 min_activation=min_activation)
+    links = browser_links(cfg.interp, saes.layers, out)
+    pipe = TrackingPipeline.open(model, sae_dir, matches, gguf=gguf, dtype=cfg.dtype, device=resolve_device(cfg.device),
+                                 min_score=cfg.min_score, min_activation=min_activation)
     tracked = pipe.track_text(text)
     meta = {"model": pipe.loaded.name, "sae": str(saes.root), "matches": str(matches), "text": text,
             "min_score": pipe.tracker.min_score, "min_activation": min_activation}
-    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=shown)
+    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=cfg.shown,
+                         labels=latent_labels(cfg.interp, saes.layers), edge_score=pipe.tracker.edge_score)
     stats = token_statistics(tracked.result)
     r = tracked.result
     click.echo(f"{r.n_tokens} tokens, layers {', '.join(map(str, r.layers))}: {r.n_tracks:,} tracks, "

@@ -6,24 +6,21 @@ import sys
 
 import click
 
-from ghosttrack.cli.common import config_option, local_output
-from ghosttrack.cli.options import apply, dataclass_options, store_access_options
+from ghosttrack.cli.common import config_option
+from ghosttrack.cli.options import apply, config_command_options, dataclass_options
+from ghosttrack.config_fields import from_options, values_for
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import INTERRUPTED_EXIT
 from ghosttrack.sae import ARCHITECTURES
-from ghosttrack.train.config import TrainerConfig
+from ghosttrack.sae.config import check_sae_options
+from ghosttrack.train.config import SAEShape, TrainerConfig, TrainRun
 
 
 def _architecture_options() -> list:
     """--arch, the width, and every registered architecture's own settings (each once)."""
     archs = ARCHITECTURES.values()
-    options = [
-        click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default=next(iter(ARCHITECTURES)),
-                     show_default=True, help="; ".join(f"{a.name}: {a.summary}" for a in archs) + "."),
-        click.option("--expansion", type=float, default=16, show_default=True,
-                     help="Latents = expansion x d_model (ignored with --d-hidden)."),
-        click.option("--d-hidden", type=int, default=None, help="Number of latents (overrides --expansion)."),
-    ]
+    options = dataclass_options(SAEShape, help_overrides={
+        "arch": "; ".join(f"{a.name}: {a.summary}" for a in archs) + "."})
     seen: set[str] = set()
     for arch in archs:
         for option in dataclass_options(arch.config_class, skip=("d_in", "d_sae", *seen), defaults_in_help=True):
@@ -33,41 +30,43 @@ def _architecture_options() -> list:
 
 
 def train_options(func):
-    """Options of `train` (except --store / --out / --layers), shared with `run`: the architecture's
-    from the registry, the rest from TrainerConfig's fields."""
+    """Options of `train` (except those of TrainRun), shared with `run`: the architecture's from the
+    registry, the rest from TrainerConfig's fields."""
     return apply([*_architecture_options(), *dataclass_options(TrainerConfig)], func)
 
 
 @click.command()
 @config_option
-@click.option("--store", required=True, type=click.Path(file_okay=False), help="Activation store (ghosttrack extract --out).")
-@click.option("--layer", type=int, default=None, help="One layer to train (same as --layers N).")
-@click.option("--layers", default=None, help="Layers to train: 6, 0-11, 0,6,11 or all [default: all].")
+@config_command_options(TrainRun, only=("store", "layer", "layers"))
 @train_options
-@click.option("--out", required=True, type=click.Path(file_okay=False), callback=local_output,
-              help="Output folder; each layer goes to OUT/layer_<i>/ (best SAE, final/, trainer_state.pt, history.json).")
-@click.option("--resume", is_flag=True, help="Continue interrupted runs in OUT (same options required).")
-@click.option("--overwrite", is_flag=True, help="Replace existing runs in OUT.")
-@store_access_options
+@config_command_options(TrainRun, only=("out", "resume", "overwrite", "trust_store", "allow_partial_store"))
 def train(**options) -> None:
     """Train a sparse autoencoder on each layer of an activation store."""
     run_training(options)
 
 
+def check_training_options(options: dict) -> TrainRun:
+    """Every value of `train`'s options checked, before the store is opened (the architecture's own
+    bounds need the store's d_model and are checked when its config is built)."""
+    run = from_options(TrainRun, options)
+    shape = from_options(SAEShape, options)
+    check_sae_options(shape.arch, values_for(ARCHITECTURES[shape.arch].config_class, options))
+    from_options(TrainerConfig, options)
+    return run
+
+
 def run_training(options: dict, *, progress: bool = True) -> dict:
-    """Resolve --layer/--layers, train, print one line per layer; GhostTrackError if any layer failed."""
+    """Check every option, train, print one line per layer; GhostTrackError if any layer failed."""
     from ghosttrack.train.layers import train_layers
 
-    options = dict(options)
-    layer = options.pop("layer", None)
-    if layer is not None and options.get("layers") not in (None, str(layer)):
-        raise GhostTrackError("--layer and --layers disagree; pass one of them")
-    layers = str(layer) if layer is not None else (options.get("layers") or "all")
-    options["layers"] = layers
+    run = check_training_options(options)
+    options = {**options, "layers": run.layers or "all"}
+    options.pop("layer", None)
     try:
-        results = train_layers(options["store"], layers, options["out"], options, progress=progress)
+        results = train_layers(run.store, options["layers"], run.out, options, progress=progress)
     except KeyboardInterrupt as exc:
-        click.echo(f"\ninterrupted ({exc or 'Ctrl-C'}); rerun the same command with --resume to continue from "
+        why = str(exc) or "Ctrl-C"  # a second Ctrl-C arrives as a bare KeyboardInterrupt()
+        click.echo(f"\ninterrupted ({why}); rerun the same command with --resume to continue from "
                    f"the last checkpoint", err=True)
         sys.exit(INTERRUPTED_EXIT)
     failed = {layer: exc for layer, exc in results.items() if isinstance(exc, Exception)}

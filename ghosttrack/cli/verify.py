@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import click
 
+from ghosttrack.cli.options import config_command_options
+from ghosttrack.config_fields import from_options
+from ghosttrack.run_config import VerifyRun
 from ghosttrack.store.errors import StoreError
 
 
 @click.command()
-@click.argument("store", type=click.Path(file_okay=False))
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-@click.option("--upgrade", is_flag=True,
-              help="Store written before bound checksums (format 1/2): check every chunk, then bind each to its "
-                   "array, index, dtype and shape so that reads accept it.")
-def verify(store: str, progress: bool, upgrade: bool) -> None:
+@config_command_options(VerifyRun)
+def verify(**options) -> None:
     """Check every committed chunk of STORE: present, full size, CRC-32C bound to what the chunk is
     (array, index, dtype, shape), finite values.
 
@@ -22,11 +21,12 @@ def verify(store: str, progress: bool, upgrade: bool) -> None:
     from ghosttrack.store.reader import REPAIR_COMMAND
     from ghosttrack.store.verify import upgrade_store, verify_store
 
-    if upgrade:
-        click.echo(upgrade_store(store, progress=progress))
+    cfg = from_options(VerifyRun, options)
+    store = cfg.store
+    if cfg.upgrade:
+        click.echo(upgrade_store(store, progress=cfg.progress))
         return
-
-    report = verify_store(store, progress=progress)
+    report = verify_store(store, progress=cfg.progress)
     click.echo(report.summary())
     if not report.healthy:
         raise StoreError(f"store {store} has {len(report.damaged)} damaged chunk file(s) in chunk(s) "

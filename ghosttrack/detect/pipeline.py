@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +15,42 @@ from ghosttrack.detect.features import (FeatureSet, add_sae_features, add_track_
                                         load_features, save_features)
 from ghosttrack.detect.methods import build_methods
 from ghosttrack.detect.report import write_results
+from ghosttrack.config_fields import check_fields
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.files import read_cfg
+from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
 
 
 @dataclass
 class DetectConfig:
-    folds: int = 5
+    folds: int = field(default=5, metadata={"min": 2})
     """Outer cross-validation folds (grouped)."""
-    inner_folds: int = 3
+    inner_folds: int = field(default=3, metadata={"min": 2})
     """Inner folds on each training split that choose a probe's layer, position and C."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     """Seeds the folds, the bootstrap and --max-examples."""
-    bootstrap: int = 1000
+    bootstrap: int = field(default=1000, metadata={"min": 1})
     """Bootstrap resamples of groups for the AUROC interval."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata={"min": 1})
     """Examples per forward pass."""
-    max_tokens: int = 128
-    """Longest input (question cut from the left to fit)."""
-    max_answer_tokens: int = 48
+    max_tokens: int = field(default=128, metadata={"min": 8})
+    """Longest input; the question is cut from the left to fit."""
+    max_answer_tokens: int = field(default=48, metadata={"min": 1, "hidden": True})
     """Answer tokens kept (the rest are cut)."""
-    max_examples: int | None = None
-    """Evaluate a random subset of whole groups of about this many examples (per source)."""
-    probe_layers: list[int] | None = None
-    """Layers the residual probe may choose from (None: every layer)."""
-    device: str = "cpu"
-    dtype: str = "fp32"
+    max_examples: int | None = field(default=None, metadata={"min": 1})
+    """Use a random subset of whole groups of about this many examples per source."""
+    probe_layers: list[int] | str | None = None
+    """Layers the residual probe chooses among (inside the training folds): 0-29, 0,6,11 or all (None)."""
+    device: str = field(default="cpu", metadata=DEVICE)
+    """Device of the forward pass."""
+    dtype: str = field(default="fp32", metadata={"choices": MODEL_DTYPES})
+    """Model dtype."""
 
     def __post_init__(self) -> None:
-        if self.folds < 2 or self.inner_folds < 2:
-            raise GhostTrackError("--folds and --inner-folds must be at least 2")
-        if self.bootstrap < 1:
-            raise GhostTrackError("--bootstrap must be at least 1")
+        check_fields(self)
+        if isinstance(self.probe_layers, str):
+            layers = parse_layers(self.probe_layers)
+            self.probe_layers = None if layers == "all" else layers
         if self.max_examples is not None and self.max_examples < 2 * self.folds:
             raise GhostTrackError(f"--max-examples {self.max_examples} is too few for {self.folds} folds")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ghosttrack.precision import check_device  # noqa: F401 - the one device check, used here
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import check_layers
 from ghosttrack.extract.models import _source, model_name  # noqa: F401 - model_name re-exported
@@ -115,24 +116,6 @@ def _read_gguf_header(f, path: Path) -> dict:
         if found is not None:
             meta[key] = found
     return meta
-
-
-def check_device(device: str | None) -> None:
-    """--device names a device this machine has."""
-    if device in (None, "auto", "cpu"):
-        return
-    try:
-        wanted = torch.device(device)
-    except RuntimeError:
-        raise GhostTrackError(f"--device {device} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if wanted.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GhostTrackError(f"--device {device} was asked for but no CUDA device is visible; use --device cpu")
-        if wanted.index is not None and wanted.index >= torch.cuda.device_count():
-            raise GhostTrackError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                  f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif wanted.type != "cpu":
-        raise GhostTrackError(f"--device {device} is not supported for extraction; use auto, cpu or cuda[:N]")
 
 
 def check_model_fits(shape: ModelShape, layers: list[int], seq_len: int, model: str) -> None:

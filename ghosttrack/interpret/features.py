@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.interpret.config import FORMATS, InterpretConfig
 from ghosttrack.interpret.examples import window_activations, window_rows
 from ghosttrack.interpret.hubs import peak_hint, peak_positions, peak_rows
 from ghosttrack.interpret.inputs import check_inputs, open_store, sae_layer, sae_skip_positions
@@ -30,82 +31,9 @@ from ghosttrack.interpret.quantiles import quantile_edges, quantile_examples
 from ghosttrack.interpret.scan import FeatureStats, LogBins, run_pass
 from ghosttrack.interpret.tokens import TokenDecoder, load_store_tokenizer
 from ghosttrack.run_config import layer_dir
-from ghosttrack.store.stats import MAX_NORM_RATIO
-from ghosttrack.stores import StoreAccess
 
 __all__ = ["FeatureInterpreter", "InterpretConfig", "analyze_sae", "check_inputs", "density_histogram", "open_store",
            "print_feature_summary", "sae_layer", "trimmed_histogram", "write_records"]
-FORMATS = ("auto", "json", "jsonl")
-
-@dataclass
-class InterpretConfig:
-    """How one layer is interpreted."""
-
-    top_k: int = 20
-    """Top-activating examples kept per feature."""
-    batch_size: int = 4096
-    """Rows per encoder call."""
-    context_before: int = 12
-    """Tokens of context shown before the activating token (never crossing into another sequence)."""
-    context_after: int = 4
-    """Tokens of context shown after it."""
-    skip_flagged: bool = True
-    """Skip rows flagged by the store (position 0: attention sinks), as training does."""
-    max_norm_ratio: float | None = MAX_NORM_RATIO
-    """Skip rows whose norm exceeds this x the layer's median norm (the loader's rule); None keeps all."""
-    skip_positions: tuple[int, ...] | None = None
-    """Sequence positions left out besides position 0; None: those the SAE was trained without."""
-    dense_threshold: float = 0.1
-    """A feature active on more than this fraction of rows is listed as dense."""
-    quantile_bands: int = 5
-    """Bands of equal share of each feature's activations shown with examples (0: none)."""
-    examples_per_band: int = 3
-    """Examples shown per quantile band."""
-    sample_size: int = 32
-    """Activations per feature sampled uniformly during the pass to fill the bands."""
-    neighbors: int = 10
-    """Features with the nearest decoder directions listed per feature (0: none)."""
-    model: str | None = None
-    """Model directory or .gguf file whose unembedding gives the promoted/suppressed tokens (None: omitted)."""
-    gguf: str | None = None
-    """GGUF file name inside `model`'s directory."""
-    logit_tokens: int = 10
-    """Promoted and suppressed tokens listed per feature."""
-    device: str = "cpu"
-    """Device of the encoder pass and the top-k merge."""
-    store: StoreAccess = field(default_factory=StoreAccess)
-    """How the store is read (checked, finished stores only, unless told otherwise)."""
-    output_format: str = "auto"
-    """'json' (one list), 'jsonl' (one feature per line), or 'auto': jsonl above `jsonl_above` features."""
-    jsonl_above: int = 16_384
-    """Dictionaries larger than this are written as JSON Lines with output_format='auto'."""
-    html: bool = True
-    """Write the static HTML feature browser next to the JSON."""
-    progress: bool = True
-    """Show a tqdm progress bar during the pass."""
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise GhostTrackError(f"top_k must be >= 1, got {self.top_k}; pass --top-k 1 or more")
-        if self.batch_size < 1 or self.context_before < 0 or self.context_after < 0:
-            raise GhostTrackError("batch size must be >= 1 and context windows >= 0")
-        if self.max_norm_ratio is not None and self.max_norm_ratio <= 0:
-            raise GhostTrackError(f"max_norm_ratio must be > 0 (or None to keep all rows), got {self.max_norm_ratio}")
-        if not 0 < self.dense_threshold <= 1:
-            raise GhostTrackError(f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
-        if self.quantile_bands < 0 or self.examples_per_band < 1 or self.sample_size < 0 or self.neighbors < 0:
-            raise GhostTrackError("quantile_bands, sample_size and neighbors must be >= 0, examples_per_band >= 1")
-        if self.quantile_bands and self.sample_size < self.quantile_bands:
-            raise GhostTrackError(f"sample_size {self.sample_size} cannot fill {self.quantile_bands} quantile bands; "
-                                  "raise it (32 fills 5 bands) or pass 0 bands")
-        if self.skip_positions is not None:
-            self.skip_positions = tuple(sorted({int(p) for p in self.skip_positions}))
-            if any(p < 0 for p in self.skip_positions):
-                raise GhostTrackError(f"skip_positions must be >= 0, got {self.skip_positions}")
-        if self.output_format not in FORMATS:
-            raise GhostTrackError(f"unknown output format '{self.output_format}'; choose one of {', '.join(FORMATS)}")
-
-
 @dataclass
 class _Pages:
     """What the feature pages show beyond the pass's statistics, built once after it."""
@@ -119,7 +47,8 @@ class _Pages:
     bands: list[list[dict]]
     """Per feature, its quantile bands (quantiles.quantile_examples)."""
     neighbors: tuple[np.ndarray, np.ndarray] | None
-    logits: tuple[np.ndarray, ...] | None
+    logits: Any | None
+    """unembed.LogitEffects, given --model."""
 
 
 def _rounded(values: np.ndarray) -> list[float | None]:
@@ -318,10 +247,7 @@ class FeatureInterpreter:
                 ids, cos = pages.neighbors
                 record["neighbors"] = [[int(i), round(float(c), 4)] for i, c in zip(ids[f], cos[f])]
             if pages.logits is not None:
-                up_ids, up_vals, down_ids, down_vals = (a[f] for a in pages.logits)
-                record["logits"] = {
-                    "promoted": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(up_ids), up_vals)],
-                    "suppressed": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(down_ids), down_vals)]}
+                record["logits"] = pages.logits.record(f, self.decoder.pieces)
             records.append(record)
         return records
 
@@ -368,7 +294,7 @@ class FeatureInterpreter:
 
 
 def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *, layer: int | None = None,
-                config: InterpretConfig | None = None) -> dict[str, Any]:
+                config: InterpretConfig | None = None, access=None) -> dict[str, Any]:
     """Interpret the SAE in `sae_path` on its layer of the store; write everything under out/layer_<i>/.
 
     Records are built and written a block of features at a time, so a large dictionary never
@@ -379,7 +305,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
-    store = open_store(store_path, config.store)
+    store = open_store(store_path, access)  # access: a run_config.StoreAccess (default: checked, finished)
     interpreter = FeatureInterpreter(sae, store, layer, config)
     interpreter.run()
     summary = interpreter.summary()

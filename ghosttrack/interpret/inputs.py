@@ -67,7 +67,7 @@ def sae_layer(sae) -> int | None:
 
 def sae_skip_positions(sae) -> tuple[int, ...]:
     """The positions the SAE was trained without (saved with it by the trainer); () when not recorded."""
-    from ghosttrack.train.config import parse_positions
+    from ghosttrack.store.rows import parse_positions
 
     meta = getattr(sae, "metadata", {}) or {}
     trainer = (meta.get("ghosttrack") or {}).get("trainer_config") or {}

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ghosttrack.config_fields import check_value
 from ghosttrack.sae.base import ARCHITECTURES, Architecture
 
 # Every module of the architectures package registers one architecture on import.
@@ -28,7 +30,7 @@ from ghosttrack.sae.architectures.topk import TopKSAEConfig  # noqa: E402
 
 SAEConfig = Any  # any registered architecture's config dataclass (they share d_in, d_sae, to_dict)
 __all__ = ["JumpReluSAEConfig", "ReluSAEConfig", "SAEConfig", "TopKSAEConfig", "architecture",
-           "make_sae_config", "sae_config_from_dict"]
+           "check_sae_options", "make_sae_config", "sae_config_from_dict"]
 
 
 def architecture(name: str) -> type[Architecture]:
@@ -51,6 +53,13 @@ def sae_config_from_dict(data: dict[str, Any]) -> SAEConfig:
 def make_sae_config(arch: str, d_in: int, d_sae: int, **options: Any) -> SAEConfig:
     """Build the config of `arch`, passing only the options that architecture has (None: its default)."""
     cls = architecture(arch).config_class
-    names = {f.name for f in fields(cls)}
-    chosen = {key: val for key, val in options.items() if key in names and val is not None}
-    return cls(d_in=d_in, d_sae=d_sae, **chosen)
+    return cls(d_in=d_in, d_sae=d_sae, **check_sae_options(arch, options))
+
+
+def check_sae_options(arch: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The settings of `arch` among `options` (None: its default), each checked against its type and
+    finiteness (a NaN passes `< 0`) before the architecture's own checks, which need d_in and d_sae."""
+    cls = architecture(arch).config_class
+    hints = typing.get_type_hints(cls)
+    return {f.name: check_value(f, hints[f.name], options[f.name]) for f in fields(cls)
+            if f.name not in ("d_in", "d_sae") and options.get(f.name) is not None}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
+from ghosttrack.tracks.config import DEFAULT_MIN_SCORE  # noqa: F401 - re-exported
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.tracks.codes import SparseCodes
 from ghosttrack.tracks.edges import read_matches
 from ghosttrack.tracks.saes import LayerSAEs, find_layer_saes
 from ghosttrack.tracks.tracker import HypothesisTracker, TrackResult
 
-DEFAULT_MIN_SCORE = 0.3
 """Edges scoring below this link nothing (both scores are 1 for a perfect match, <= 0 for none)."""
 
 

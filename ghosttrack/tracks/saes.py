@@ -1,7 +1,7 @@
 """The per-layer SAEs of a run (`DIR/layer_<i>/`), checked from their cfg.json before any slow work."""
 from __future__ import annotations
 
-import re
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +10,8 @@ import torch
 
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.files import read_cfg
+from ghosttrack.sae.folders import layer_sae_dirs
 
-_LAYER_DIR = re.compile(r"layer_(\d+)")
 
 
 @dataclass
@@ -55,21 +55,12 @@ class LayerSAEs:
 def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
     """The `layer_<i>/` SAE folders under `path`; GhostTrackError (with the fix) when they cannot be matched."""
     root = Path(path)
-    if not root.is_dir():
-        raise GhostTrackError(f"no SAE folder at {root}; pass the --out folder of ghosttrack train")
     dirs: dict[int, Path] = {}
     cfgs: dict[int, dict[str, Any]] = {}
-    for sub in sorted(root.iterdir()):
-        m = _LAYER_DIR.fullmatch(sub.name)
-        if not m or not sub.is_dir():
-            continue
-        cfg_file = sub / "cfg.json"
-        if not cfg_file.is_file():
-            raise GhostTrackError(f"{sub} has no cfg.json: it is not a finished SAE; finish its training "
-                                  f"(ghosttrack train ... --resume) or remove the folder")
-        cfg = read_cfg(sub)
-        dirs[int(m.group(1))] = sub
-        cfgs[int(m.group(1))] = cfg
+    for layer, sub in layer_sae_dirs(root).items():
+        cfg = read_cfg(sub)  # one line naming the file when it is missing or malformed
+        dirs[layer] = sub
+        cfgs[layer] = cfg
     if len(dirs) < min_layers:
         found = ", ".join(f"layer_{i}" for i in sorted(dirs)) or "none"
         raise GhostTrackError(f"{root} holds {len(dirs)} layer SAE folder(s) ({found}); tracking needs at least "

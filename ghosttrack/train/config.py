@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.run_config import DEVICE, StoreAccess
 from ghosttrack.train.schedule import SCHEDULES
-from ghosttrack.store.stats import MAX_NORM_RATIO
+from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
 
 DTYPES = ("auto", "float32", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -15,60 +17,60 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 class TrainerConfig:
     """Optimisation, schedule, data and bookkeeping settings of one SAE training run."""
 
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata={"above": 0})
     """Peak Adam learning rate."""
-    epochs: float = 1.0
+    epochs: float = field(default=1.0, metadata={"above": 0})
     """Passes over the layer's training rows (fractions allowed: 2.5 stops half-way through the third)."""
-    batch_size: int = 4096
+    batch_size: int = field(default=4096, metadata={"min": 1})
     """Rows per optimisation step and process (W data-parallel processes train like one with W x this)."""
     lr_schedule: str = field(default="constant-decay", metadata={"choices": SCHEDULES})
     """After the warm-up: constant-decay (constant, then a linear decay over the last decay_fraction of
     the steps) or cosine (a cosine decay over all of them)."""
-    warmup_fraction: float = field(default=0.02, metadata={"flag": "--warmup"})
+    warmup_fraction: float = field(default=0.02, metadata={"min": 0, "max": 1, "flag": "--warmup"})
     """Share of the steps with a linear learning-rate warm-up from 0."""
-    decay_fraction: float = 0.2
+    decay_fraction: float = field(default=0.2, metadata={"min": 0, "max": 1})
     """constant-decay: share of the steps, at the end, over which the rate falls linearly to lr * min_lr_ratio."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1})
     """The decay ends at lr * min_lr_ratio."""
-    sparsity_warmup_fraction: float = field(default=0.05, metadata={"flag": "--sparsity-warmup"})
+    sparsity_warmup_fraction: float = field(default=0.05, metadata={"min": 0, "max": 1, "flag": "--sparsity-warmup"})
     """Share of the steps over which the sparsity / AuxK coefficient ramps up linearly from 0."""
-    grad_clip: float = 1.0
+    grad_clip: float = field(default=1.0, metadata={"min": 0})
     """Clip the global gradient norm to this (0: no clipping)."""
     pre_encoder_bias: bool = False
     """Train with the encoder seeing x - b_dec (OpenAI's TopK SAEs, sparsify); folded into b_enc on save."""
-    beta1: float = 0.9
+    beta1: float = field(default=0.9, metadata={"min": 0, "below": 1})
     """Adam beta1."""
-    beta2: float = 0.999
+    beta2: float = field(default=0.999, metadata={"min": 0, "below": 1})
     """Adam beta2."""
     dtype: str = field(default="auto", metadata={"choices": DTYPES, "aliases": DTYPE_ALIASES})
     """Compute dtype: float32, or bfloat16 autocast (weights and optimizer state stay float32); auto:
     bfloat16 on a GPU that supports it, float32 on the CPU (resolved here, so checkpoints hold the choice)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=DEVICE)
     """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     """Seeds the SAE's initialisation and the loader's split and order."""
     fused: bool = False
     """Use the fused Triton kernel (relu / jumprelu) instead of the PyTorch reference path."""
-    log_every: int = 20
+    log_every: int = field(default=20, metadata={"min": 1})
     """Steps between progress updates / history entries (the only host syncs of the loop)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata={"min": 1})
     """Steps between resumable checkpoints (trainer_state.pt)."""
-    dead_window_tokens: int = 1_000_000
+    dead_window_tokens: int = field(default=1_000_000, metadata={"min": 1})
     """A latent that fired in none of the last this-many training tokens counts as dead."""
-    dense_threshold: float = 0.1
+    dense_threshold: float = field(default=0.1, metadata={"above": 0, "max": 1})
     """A latent firing on more than this fraction of validation rows counts as dense."""
-    scale_rows: int = 65_536
+    scale_rows: int = field(default=65_536, metadata={"min": 1})
     """Training rows used (once, before step 0) to estimate the input scale and the data mean."""
-    val_fraction: float = 0.05
+    val_fraction: float = field(default=0.05, metadata={"min": 0, "below": 1})
     """Share of the store's chunks held out for validation (split by chunk)."""
-    buffer_batches: int = 8
+    buffer_batches: int = field(default=8, metadata={"min": 8})
     """The loader mixes rows in a buffer of this many batches (>= 8)."""
     skip_flagged: bool = field(default=True, metadata={"flag": "--keep-flagged", "invert": True})
     """Skip position-0 rows (attention sinks) in training and metrics (--keep-flagged trains on them too)."""
-    max_norm_ratio: float | None = MAX_NORM_RATIO
+    max_norm_ratio: float | None = field(default=MAX_NORM_RATIO, metadata={"min": 0})
     """Skip rows whose norm exceeds this multiple of the median norm of the training rows (attention
     sinks); 0 or None keeps all. Skipped rows are counted in history.json, never removed from the store."""
-    skip_positions: str = ""
+    skip_positions: str | tuple[int, ...] = ""
     """Sequence positions skipped besides position 0, e.g. 1 or 0,1 (a token after the sink that is the top
     example of many features: ghosttrack interpret reports it). Saved with the SAE; interpret and
     evaluate apply the same rule by default."""
@@ -77,30 +79,17 @@ class TrainerConfig:
     memory, on the CPU when it fits in a quarter of the free RAM)."""
 
     def __post_init__(self) -> None:
-        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        check_fields(self)  # types, finiteness and the bounds in each field's metadata
         if self.dtype == "auto":
             from ghosttrack.precision import resolve_dtype
 
             self.dtype = DTYPE_ALIASES[resolve_dtype("auto", self.device)[0]]
         if self.max_norm_ratio == 0:
             self.max_norm_ratio = None  # the command line's "0 keeps every row"
-        self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
-        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
-            raise ValueError(f"lr, epochs and batch_size must be > 0, got {self.lr}, {self.epochs}, {self.batch_size}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction", "min_lr_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"log_every and checkpoint_every must be >= 1, "
-                             f"got {self.log_every}, {self.checkpoint_every}")
-        if self.dead_window_tokens < 1 or self.scale_rows < 1:
-            raise ValueError("dead_window_tokens and scale_rows must be >= 1")
+        try:
+            self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
+        except ValueError as exc:
+            raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
         # Checkpoints fall on log boundaries, where the loop has synced and checked the loss.
         self.checkpoint_every = -(-self.checkpoint_every // self.log_every) * self.log_every
 
@@ -113,19 +102,73 @@ class TrainerConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def parse_positions(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
-    """'0,1' / [0, 1] / '' / None -> sorted unique positions (0, 1) / () ; ValueError for anything else."""
-    if value is None or isinstance(value, (list, tuple)):
-        items = list(value or ())
-    else:
-        items = [p for p in str(value).replace(" ", "").strip("[]()").split(",") if p and p.lower() != "none"]
-    try:
-        positions = tuple(sorted({int(p) for p in items}))
-    except ValueError:
-        raise ValueError(f"skip_positions must be positions like 1 or 0,1, got {value!r}") from None
-    if any(p < 0 for p in positions):
-        raise ValueError(f"skip_positions must be >= 0, got {value!r}")
-    return positions
+def _default_arch() -> str:
+    from ghosttrack.sae import ARCHITECTURES
+
+    return next(iter(ARCHITECTURES))
+
+
+def _arch_names() -> tuple[str, ...]:
+    from ghosttrack.sae import ARCHITECTURES
+
+    return tuple(ARCHITECTURES)
+
+
+@dataclass
+class SAEShape:
+    """Which architecture `ghosttrack train` builds, and how many latents (its own settings are in
+    its config dataclass, ghosttrack.sae.architectures)."""
+
+    arch: str = field(default_factory=_default_arch, metadata={"choices": _arch_names()})
+    """The SAE architecture (the first registered one by default)."""
+    expansion: float = field(default=16.0, metadata={"above": 0})
+    """Latents = expansion x d_model (ignored with --d-hidden)."""
+    d_hidden: int | None = field(default=None, metadata={"min": 1})
+    """Number of latents (overrides --expansion)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def d_sae(self, d_model: int) -> int:
+        """The number of latents for activations of width d_model."""
+        if self.d_hidden is not None:
+            return self.d_hidden
+        d_sae = int(round(self.expansion * d_model))
+        if d_sae < 1:
+            raise ConfigError(f"--expansion {self.expansion} gives {d_sae} latents for d_model={d_model}; "
+                              f"pass --expansion {1 / d_model:.3g} or more, or --d-hidden")
+        return d_sae
+
+
+@dataclass
+class TrainRun(StoreAccess):
+    """Where `ghosttrack train` reads and writes, and what it does with runs already there."""
+
+    store: str | None = field(default=None, metadata={"required": True})
+    """Activation store (ghosttrack extract --out)."""
+    layer: int | None = field(default=None, metadata={"min": 0})
+    """One layer to train (same as --layers N)."""
+    layers: str | None = None
+    """Layers to train: 6, 0-11, 0,6,11 or all [default: all]."""
+    out: str | None = field(default=None, metadata={"required": True})
+    """Output folder; each layer goes to OUT/layer_<i>/ (best SAE, final/, trainer_state.pt, history.json)."""
+    resume: bool = False
+    """Continue interrupted runs in OUT (same options required)."""
+    overwrite: bool = False
+    """Replace existing runs in OUT."""
+
+    def __post_init__(self) -> None:
+        from ghosttrack.run_config import check_local_output, parse_layers
+
+        check_fields(self)
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other; pass one")
+        if self.layer is not None and self.layers not in (None, str(self.layer)):
+            raise ConfigError("--layer and --layers disagree; pass one of them")
+        if self.layer is not None:
+            self.layers = str(self.layer)
+        parse_layers(self.layers or "all")  # its syntax, before the store is opened
+        check_local_output("--out", self.out)
 
 
 # Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.

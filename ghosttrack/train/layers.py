@@ -14,15 +14,14 @@ from typing import Any
 
 from ghosttrack.sae.files import CFG_FILE, HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, load_trainer_state
 from ghosttrack.run_config import CONFIG_FILENAME, layer_dir, parse_layers, save_resolved_config
-from ghosttrack.config_fields import values_for
+from ghosttrack.config_fields import from_options, values_for
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.sae import ARCHITECTURES
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.stores import StoreAccess, open_store_for
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
-from ghosttrack.train.config import TrainerConfig
+from ghosttrack.train.config import SAEShape, TrainerConfig
 
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.
@@ -104,8 +103,9 @@ def _remove_unfinished(directory: Path, created: bool) -> None:
 def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConfig, TrainerConfig]:
     """The SAE and trainer configs that `train`'s options describe for a layer of width d_model
     (option names as the command line spells them; None or absent: the dataclass default)."""
-    d_sae = options.get("d_hidden") or int(round(float(options.get("expansion") or 16) * d_model))
-    arch = architecture(options.get("arch") or next(iter(ARCHITECTURES)))
+    shape = from_options(SAEShape, options)
+    d_sae = shape.d_sae(d_model)
+    arch = architecture(shape.arch)
     sae_cfg = make_sae_config(arch.name, d_model, d_sae, **values_for(arch.config_class, options,
                                                                         skip=("d_in", "d_sae")))
     return sae_cfg, TrainerConfig(**values_for(TrainerConfig, options))

@@ -187,8 +187,8 @@ class SAETrainer:
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._start(resume_state)
-        if self.state.finished:
-            return self.state.history["summary"]
+        if self.state.finished:  # a finished run, maybe copied elsewhere: the summary names where it is now
+            return {**self.state.history["summary"], "out_dir": str(self.out_dir)}
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", desc=f"layer {self.layer}",
                    disable=not self.progress, dynamic_ncols=True)
         if self.progress:

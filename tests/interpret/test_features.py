@@ -177,7 +177,7 @@ def test_other_layer_and_errors(planted, tmp_path):
     wide = SparseAutoencoder(ReluSAEConfig(d_in=D + 1, d_sae=4))
     with pytest.raises(GhostTrackError, match="d_in=25"):
         FeatureInterpreter(wide, store, layer=0)
-    with pytest.raises(GhostTrackError, match="top_k"):
+    with pytest.raises(GhostTrackError, match="--top-k 0: must be >= 1"):
         InterpretConfig(top_k=0)
     with pytest.raises(GhostTrackError, match="names no layer"):
         FeatureInterpreter(SparseAutoencoder(ReluSAEConfig(d_in=D, d_sae=4)), store)

@@ -57,9 +57,9 @@ def test_decay_never_starts_inside_the_warmup():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="lr_schedule"):
+    with pytest.raises(ValueError, match="--lr-schedule .linear.: must be one of"):
         TrainerConfig(lr_schedule="linear")
-    with pytest.raises(ValueError, match="decay_fraction"):
+    with pytest.raises(ValueError, match="--decay-fraction 1.5: must be >= 0 and <= 1"):
         TrainerConfig(decay_fraction=1.5)
     with pytest.raises(ValueError, match="unknown lr schedule"):
         lr_factor(0, 10, "step", warmup_fraction=0.0)
