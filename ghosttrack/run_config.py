@@ -109,19 +109,34 @@ class StoreArgument:
 
 
 @dataclass
+class StoreAccess:
+    """How a command reads its activation store."""
+
+    trust_store: bool = False
+    """Read chunks without checking their checksums (a store you vouch for; also reads stores written
+    before bound checksums without ghosttrack verify --upgrade)."""
+    allow_partial_store: bool = False
+    """Read the committed rows of a store that is still being written or whose extraction stopped early."""
+
+
+@dataclass
 class VerifyRun(StoreArgument):
     """`ghosttrack verify STORE`."""
 
     progress: bool = field(default=True, metadata={"negatable": True})
     """Show a progress bar."""
+    upgrade: bool = False
+    """Store written before bound checksums (format 1/2): check every chunk, then bind each to its array,
+    index, dtype and shape so that reads accept it."""
 
 
 def check_local_output(flag: str, value: str | None) -> None:
     """Outputs written to a local folder (SAEs, reports): a store URL there would otherwise become a
     local folder named 's3:'. One line, exit 2, before any work."""
-    from ghosttrack.store.location import as_location, is_remote
-
-    if value is not None and is_remote(as_location(value)):
+    # Judged from the text alone (any scheme://, and s3:/bucket without its //), so that neither a
+    # missing s3fs nor an unknown scheme gets in the way of the refusal.
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?", str(value)) if value is not None else None
+    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):  # not C:\ on Windows
         raise GhostTrackError(f"{flag} {value}: this output is written to a local folder, not to object storage "
                               "(only activation stores go there: extract --out, --store); pass a local path")
 

@@ -1,10 +1,15 @@
 """ActivationStore: read-only access to a store's committed rows.
 
 A chunk of an uncompressed, unsharded array is handed out as a ``numpy.memmap`` of the data part
-of its chunk file (no copy, no decode, no checksum: the fast path; ``verify.py`` checks the
-checksums); any other layout goes through zarr. On an object store a plain chunk is one GET of the
-whole object, fetched ahead where the loader asks (``remote_reads.py``) and checked for its size
-and checksum before use. Rows past ``committed_tokens`` are never returned.
+of its chunk file (no copy, no decode: the fast path); any other layout goes through zarr. On an
+object store a plain chunk is one GET of the whole object, fetched ahead where the loader asks
+(``remote_reads.py``). Rows past ``committed_tokens`` are never returned.
+
+Every chunk is checked the first time it is read (local files) or each time it is fetched (object
+stores): its CRC-32C trailer, and its bound checksum, which says it is chunk c of that array with
+that dtype and shape (``binding.py``); ``trust=True`` skips both for a store the caller vouches for
+(object-store chunks still get their size and trailer checked). ``verify.py`` checks every chunk
+at once, and finite values besides.
 
 The committed range checks itself: every committed chunk must be there with its full size, so a
 missing, short or unreadable chunk file is an error naming the array, the chunk and the fix,
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import binding
 from . import format as fmt
 from .commits import progress_while_writing
 from .errors import StoreError
@@ -56,11 +62,13 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-class ActivationStore:
+class ActivationStore(binding.ChunkChecks):
     """A GhostTrack activation store opened for reading (see ``format.py`` for the layout)."""
 
-    def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any]):
+    def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any], *, trust: bool = False):
         self.path = path
+        self.trust = trust
+        """True: chunks are read without checking their checksums (a store the caller vouches for)."""
         self.remote = is_remote(path)
         """True on an object store: chunks are fetched, not memory-mapped."""
         self._fetcher = ChunkFetcher() if self.remote else None
@@ -87,10 +95,23 @@ class ActivationStore:
         self._plain = {name: fmt.is_plain_chunked(a) for name, a in self._arrays.items()}
         self._file_size = {name: fmt.chunk_file_size(a) for name, a in self._arrays.items() if self._plain[name]}
         self._paths: dict[tuple[str, int], str] = {}
+        self.store_dtype: str = str(attrs.get("dtype", fmt.DTYPE))
+        self._records = group[binding.CHECKSUMS] if binding.CHECKSUMS in group else None
+        self.bound = self._records is not None
+        """Whether every committed chunk has a bound checksum (format 3, or upgraded). The records
+        decide, not the version number: only the writer of a format-3 store or an upgrade makes them."""
+        self._record_of: dict[int, dict[str, int] | str] = {}
+        self._checked: set[tuple[str, int]] = set()
+        """Local chunks whose checksums this reader has checked (each is checked once)."""
 
     @classmethod
-    def open(cls, path) -> "ActivationStore":
-        """Open the store at ``path``; StoreError if it is missing, not a store, or damaged."""
+    def open(cls, path, *, trust: bool = False) -> "ActivationStore":
+        """Open the store at ``path``; StoreError if it is missing, not a store, or damaged.
+
+        Every chunk read is checked against its bound checksum (its bytes, and that it is the chunk
+        of that array, index, dtype and shape) the first time it is read, unless ``trust``; a store
+        without bound checksums (format < 3) is refused unless ``trust``, naming the upgrade.
+        """
         path = as_location(path)
         check_reachable(path, for_writing=False)
         if not path.is_dir():
@@ -107,15 +128,25 @@ class ActivationStore:
         if missing_keys:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
+        bad = fmt.bad_attributes(attrs)
+        if bad:
+            raise StoreError(f"store {path} is damaged: its attributes hold {bad}; re-extract with --overwrite")
         check_commit_record(path, attrs)
         attrs = progress_while_writing(path, attrs)  # several processes writing: their merged prefix
         try:
             group = zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
-            store = cls(path, group, attrs)
+            store = cls(path, group, attrs, trust=trust)
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise StoreError(f"store {path} is damaged ({type(e).__name__}: {e}); "
                              "re-extract with --overwrite") from e
         store._check_shapes()
+        if attrs["format_version"] >= binding.BOUND_FORMAT and store._records is None:
+            raise StoreError(f"store {path} is damaged: its checksums array is missing; {repair_hint(path)}")
+        if store.bound and store._records.attrs.get("arrays") != store.array_names:
+            raise StoreError(f"store {path} is damaged: its attributes name the arrays {store.array_names}, its "
+                             f"checksums cover {store._records.attrs.get('arrays')}; re-extract with --overwrite")
+        if not trust and not store.bound:
+            raise StoreError(binding.unbound_refusal(path, attrs["format_version"]))
         return store
 
     def _check_shapes(self) -> None:
@@ -222,17 +253,31 @@ class ActivationStore:
         if self._plain[name]:
             f = self._checked_plain_file(name, c)
             shape = (self.chunk_tokens,) + array.shape[1:]
+            dtype = array.dtype.newbyteorder("<")
             try:
-                return np.memmap(f, dtype=array.dtype.newbyteorder("<"), mode="r", shape=shape)[: stop - start]
+                if self.trust or (name, c) in self._checked:
+                    return np.memmap(f, dtype=dtype, mode="r", shape=shape)[: stop - start]
+                raw = np.memmap(f, dtype=np.uint8, mode="r")
             except OSError as e:
                 raise damaged_chunk(self.path, name, c, f"cannot be read ({f}: {e.strerror})") from e
+            problem = self.bytes_problem(name, c, raw, f)
+            if problem is not None:
+                raise damaged_chunk(self.path, name, c, problem)
+            self._checked.add((name, c))
+            return raw[: fmt.chunk_nbytes(array)].view(dtype).reshape(shape)[: stop - start]
         problem = self.chunk_problem(name, c)
         if problem is not None:  # zarr would read the fill value
             raise damaged_chunk(self.path, name, c, problem)
         try:
-            return array[start:stop]
+            rows = array[start:stop]
         except Exception as e:  # a decoder's error (checksum, truncated stream ...): damaged data
             raise damaged_chunk(self.path, name, c, f"cannot be decoded ({type(e).__name__}: {e})") from e
+        if not self.trust and (name, c) not in self._checked:
+            problem = self.bound_problem(name, c, self.decoded_crc(name, rows), fmt.chunk_file(self.path, array, c))
+            if problem is not None:
+                raise damaged_chunk(self.path, name, c, problem)
+            self._checked.add((name, c))
+        return rows
 
     def fetch_ahead(self, name: str, c: int) -> None:
         """Object store: start the GET of chunk ``c`` of array ``name`` in the background."""
@@ -253,9 +298,13 @@ class ActivationStore:
             raise damaged_chunk(self.path, name, c, f"is missing ({obj})") from None
         except OSError as e:
             raise damaged_chunk(self.path, name, c, f"cannot be read ({obj}: {e})") from e
-        problem = check_chunk_bytes(raw, self._arrays[name], self._file_size[name])
+        if self.trust:
+            problem = check_chunk_bytes(raw, self._arrays[name], self._file_size[name])
+            problem = problem and f"{problem} ({obj})"
+        else:
+            problem = self.bytes_problem(name, c, np.frombuffer(raw, np.uint8), obj)
         if problem is not None:
-            raise damaged_chunk(self.path, name, c, f"{problem} ({obj})")
+            raise damaged_chunk(self.path, name, c, problem)
         array = self._arrays[name]
         shape = (self.chunk_tokens,) + array.shape[1:]
         return np.frombuffer(raw, array.dtype.newbyteorder("<"), count=int(np.prod(shape))).reshape(shape)
@@ -315,6 +364,12 @@ class ActivationStore:
                    for p in ([entry] if entry.is_file() else entry.rglob("*")) if p.is_file())
 
     @property
+    def corpus_ran_out(self) -> bool:
+        """True when the extraction finished before its target: the corpus had no more text (a
+        complete store is never cut short otherwise)."""
+        return self.complete and self.n_tokens < self.attrs.get("target_tokens", self.n_tokens)
+
+    @property
     def array_names(self) -> list[str]:
         """Every array: the layers, then tokens, positions and sequence_ids."""
         return list(self._arrays)
@@ -346,6 +401,8 @@ class ActivationStore:
         damaged, whatever its commit record says."""
         a = self.attrs
         state = "complete" if self.complete else "incomplete (resume with --resume)"
+        if self.corpus_ran_out:
+            state += f": corpus ran out at {self.n_tokens:,} of {a['target_tokens']:,} tokens"
         damaged = self.damaged_files()
         if damaged:
             name, c, why = damaged[0]

@@ -115,5 +115,5 @@ def info(**options) -> None:
     """Print a store's model, layers, tokens, size on disk and chunking."""
     from ghosttrack.store.reader import ActivationStore
 
-    click.echo(ActivationStore.open(from_options(StoreArgument, options).store).summary())
+    click.echo(ActivationStore.open(from_options(StoreArgument, options).store, trust=True).summary())  # no chunk read
 

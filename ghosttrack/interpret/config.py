@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, check_local_output
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, StoreAccess, check_local_output
 from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
 
 FORMATS = ("auto", "json", "jsonl")
@@ -80,7 +80,7 @@ class InterpretConfig(DevicePlacement, ModelSource):
 
 
 @dataclass
-class InterpretRun(InterpretConfig):
+class InterpretRun(InterpretConfig, StoreAccess):
     """`ghosttrack interpret`: which SAE(s) over which store, written where."""
 
     store: str | None = field(default=None, metadata={"required": True})

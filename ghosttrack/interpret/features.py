@@ -294,7 +294,7 @@ class FeatureInterpreter:
 
 
 def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *, layer: int | None = None,
-                config: InterpretConfig | None = None) -> dict[str, Any]:
+                config: InterpretConfig | None = None, access=None) -> dict[str, Any]:
     """Interpret the SAE in `sae_path` on its layer of the store; write everything under out/layer_<i>/.
 
     Records are built and written a block of features at a time, so a large dictionary never
@@ -305,7 +305,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
-    store = open_store(store_path)
+    store = open_store(store_path, access)  # access: a run_config.StoreAccess (default: checked, finished)
     interpreter = FeatureInterpreter(sae, store, layer, config)
     interpreter.run()
     summary = interpreter.summary()

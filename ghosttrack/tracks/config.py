@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE, DevicePlacement, ModelDtype, ModelSource, check_local_output
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelDtype, ModelSource, StoreAccess, check_local_output
 
 DEFAULT_MIN_SCORE = 0.3
 """Edges scoring below this link nothing (the tracker's default)."""
@@ -17,7 +17,7 @@ def _check_folder(flag: str, value: str | None) -> None:
 
 
 @dataclass
-class MatchRun(DevicePlacement):
+class MatchRun(DevicePlacement, StoreAccess):
     """`ghosttrack match`: the SAEs of consecutive layers, matched latent to latent."""
 
     sae_dir: str | None = field(default=None, metadata={"flag": "--sae", "param": "sae_dir", "required": True})

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae.files import read_cfg
 from ghosttrack.sae.folders import layer_sae_dirs
 
 
@@ -57,12 +58,7 @@ def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
     dirs: dict[int, Path] = {}
     cfgs: dict[int, dict[str, Any]] = {}
     for layer, sub in layer_sae_dirs(root).items():
-        cfg_file = sub / "cfg.json"
-        try:
-            cfg = json.loads(cfg_file.read_text())
-            int(cfg["d_in"]), int(cfg["d_sae"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise GhostTrackError(f"{cfg_file} is not a readable SAE config ({exc}); retrain that layer") from exc
+        cfg = read_cfg(sub)  # one line naming the file when it is missing or malformed
         dirs[layer] = sub
         cfgs[layer] = cfg
     if len(dirs) < min_layers:

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE
+from ghosttrack.run_config import DEVICE, StoreAccess
 from ghosttrack.train.schedule import SCHEDULES
 from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
 
@@ -148,7 +148,7 @@ class SAEShape:
 
 
 @dataclass
-class TrainRun:
+class TrainRun(StoreAccess):
     """Where `ghosttrack train` reads and writes, and what it does with runs already there."""
 
     store: str | None = field(default=None, metadata={"required": True})
