@@ -33,11 +33,9 @@ from .location import Location
 
 BOUND_FORMAT = 3
 """The first format version whose chunks all have bound checksums."""
-CHECKSUMS = "checksums"
-"""The array of bound checksums (see ``create_records``)."""
+CHECKSUMS = fmt.CHECKSUMS
 UPGRADE_COMMAND = "ghosttrack verify --upgrade"
 TRUST_FLAG = "--trust-store"
-ABOUT = "CRC-32C(chunk data || JSON [array, chunk, dtype, chunk shape, store dtype]) per chunk and array"
 
 
 def header(name: str, c: int, array_dtype: np.dtype, chunk_shape: tuple, store_dtype: str) -> bytes:
@@ -59,17 +57,6 @@ def data_crc(data: np.ndarray) -> int:
         flat = flat.view()
         flat.flags.writeable = False
     return google_crc32c.value(flat)
-
-
-def create_records(group: zarr.Group, names: list[str], n_chunks: int) -> zarr.Array:
-    """The ``checksums`` array: one row of bound checksums per chunk, one column per array of
-    ``names``. Each row is its own chunk file (written with the chunk's data files), in the same
-    format as the data arrays, so plain zarr reads it and zarr's crc32c guards it too."""
-    return group.create_array(
-        CHECKSUMS, shape=(max(int(n_chunks), 1), len(names)), chunks=(1, len(names)), dtype="uint32",
-        compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"), fill_value=0,
-        chunk_key_encoding=fmt.CHUNK_KEY_ENCODING, attributes={"arrays": list(names), "about": ABOUT},
-        overwrite=True)
 
 
 def record_file(root: Location, records: zarr.Array, c: int) -> Location:

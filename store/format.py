@@ -218,10 +218,25 @@ def create_group(path: Location, attrs: dict[str, Any], target_tokens: int) -> z
     for name, dtype in ROW_ARRAYS.items():
         _create_array(group, name, (target_tokens,), (ct,), dtype, n)
     if attrs["format_version"] >= 3:
-        from .binding import create_records
-
         create_records(group, array_names(attrs["layers"]), -(-target_tokens // ct))
     return group
+
+
+CHECKSUMS = "checksums"
+"""The array of bound checksums (format 3; filled and checked by ``binding.py``)."""
+
+
+def create_records(group: zarr.Group, names: list[str], n_chunks: int) -> zarr.Array:
+    """The ``checksums`` array: one row of bound checksums per chunk, one column per array of
+    ``names``. Each row is its own chunk file (written with the chunk's data files), in the same
+    format as the data arrays, so plain zarr reads it and zarr's crc32c guards it too."""
+    return group.create_array(
+        CHECKSUMS, shape=(max(int(n_chunks), 1), len(names)), chunks=(1, len(names)), dtype="uint32",
+        compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"), fill_value=0,
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
+        attributes={"arrays": list(names),
+                    "about": "CRC-32C(chunk data || JSON [array, chunk, dtype, chunk shape, store dtype]) per chunk and array"},
+        overwrite=True)
 
 
 def _create_array(group: zarr.Group, name: str, shape: tuple, rows: tuple, dtype: str, shard_chunks: int) -> None:

@@ -212,7 +212,8 @@ def upgrade_store(path, *, progress: bool = False) -> str:
     chunk as ``verify_store`` does, and only when all are healthy write the ``checksums`` array
     from the CRCs just read and mark the store format 3. Holds the store's lock meanwhile (a running
     extraction is refused). Returns what was done, in one line; StoreError when the store is damaged."""
-    from .binding import BOUND_FORMAT, bind, create_records, header, record_file, record_row
+    from .binding import BOUND_FORMAT, bind, header, record_file, record_row
+
     from .files import atomic_file, commit_all
     from .location import as_location, zarr_store
     from .lock import StoreLock
@@ -230,7 +231,7 @@ def upgrade_store(path, *, progress: bool = False) -> str:
         group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
         names = store.array_names
         n_chunks = max(store.n_chunks, -(-store.attrs.get("target_tokens", store.n_tokens) // store.chunk_tokens))
-        records = create_records(group, names, n_chunks if not store.complete else store.n_chunks)
+        records = fmt.create_records(group, names, n_chunks if not store.complete else store.n_chunks)
         for c in range(store.n_chunks):
             sums = {}
             for name in names:
