@@ -213,7 +213,6 @@ def upgrade_store(path, *, progress: bool = False) -> str:
     from the CRCs just read and mark the store format 3. Holds the store's lock meanwhile (a running
     extraction is refused). Returns what was done, in one line; StoreError when the store is damaged."""
     from .binding import BOUND_FORMAT, bind, header, record_file, record_row
-
     from .files import atomic_file, commit_all
     from .location import as_location, zarr_store
     from .lock import StoreLock
