@@ -69,11 +69,11 @@ TEST_ASSETS := $(ASSETS)/.fetched $(SAEPROBES) browser
 
 # The suite, with a per-family sample of the GPU kernel tile configs (under 10 minutes on 2 cores).
 test: $(STAMP) $(TEST_ASSETS)
-	GHOSTTRACK_ASSETS=$(ASSETS) $(BIN)/python -m pytest -q tests
+	GHOSTTRACK_ASSETS=$(abspath $(ASSETS)) $(BIN)/python -m pytest -q tests
 
 # The suite with every kernel tile config run and compiled (see README for its time).
 test-full: $(STAMP) $(TEST_ASSETS)
-	GHOSTTRACK_ASSETS=$(ASSETS) GHOSTTRACK_FULL_TESTS=1 $(BIN)/python -m pytest -q tests
+	GHOSTTRACK_ASSETS=$(abspath $(ASSETS)) GHOSTTRACK_FULL_TESTS=1 $(BIN)/python -m pytest -q tests
 
 # The suite against the newest versions the project allows (no lock), in a venv of its own, so
 # that a dependency's new release fails here, named, before it fails on a newcomer's first run.
@@ -82,7 +82,7 @@ test-latest: $(TEST_ASSETS)
 	rm -rf $(LATEST)
 	$(call make-venv,$(LATEST),--upgrade --upgrade-strategy eager)
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/^/  /'
-	GHOSTTRACK_ASSETS=$(ASSETS) $(LATEST)/bin/python -m pytest -q tests
+	GHOSTTRACK_ASSETS=$(abspath $(ASSETS)) $(LATEST)/bin/python -m pytest -q tests
 
 # Rewrite the lock from .venv (after `make test` passed with it).
 lock: $(STAMP)

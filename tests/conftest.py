@@ -74,3 +74,15 @@ def assets_dir() -> Path | None:
     """The offline real assets fetched by `make assets` (SmolLM2 GGUF, Wikipedia dump sample, GPT-2 BPE)."""
     path = Path(os.environ.get("GHOSTTRACK_ASSETS", Path(__file__).resolve().parents[1] / ".cache" / "assets"))
     return path if path.exists() else None
+
+
+@pytest.fixture(autouse=True)
+def _cwd_is_restored():
+    """A test that changes the working folder must restore it (monkeypatch.chdir does): later tests
+    find the repo's files and assets through relative paths."""
+    before = os.getcwd()
+    yield
+    after = os.getcwd()
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working folder at {after} (use monkeypatch.chdir)", pytrace=False)

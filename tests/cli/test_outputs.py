@@ -1,6 +1,5 @@
 """Every command whose --out writes local files refuses a URL in one line (none writes ./s3:/...);
 extract, which writes stores to object storage, parses it as a store location instead."""
-import os
 
 import pytest
 from click.testing import CliRunner
@@ -21,8 +20,8 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("url", ["s3://b/d", "gs://bucket/run", "memory://x/y", "file:///tmp/x"])
-def test_out_url_is_refused_in_one_line(tmp_path, command, url):
-    os.chdir(tmp_path)
+def test_out_url_is_refused_in_one_line(tmp_path, monkeypatch, command, url):
+    monkeypatch.chdir(tmp_path)  # restored after the test: later tests find paths relative to the root
     for folder in ("sae", "mt", "st"):
         (tmp_path / folder).mkdir()
     (tmp_path / "d.jsonl").write_text("")
@@ -36,8 +35,8 @@ def test_out_url_is_refused_in_one_line(tmp_path, command, url):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no ./s3:/b/d
 
 
-def test_detect_cache_url_is_refused(tmp_path):
-    os.chdir(tmp_path)
+def test_detect_cache_url_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["detect", "--cache", "s3://b/c", "--out", "o", "--data", "d", "--model", "m"])
     assert result.exit_code == 2 and "--cache s3://b/c: this output is written to a local folder" in result.output
     assert list(tmp_path.iterdir()) == []
