@@ -4,8 +4,10 @@
   commit per chunk) vs the same writer on arrays without the checksum codec (format 1: the cost of
   the checksum) vs ndarray.tofile of the same bytes per chunk, each into a fresh folder after an
   os.sync(); on the scratch disk, and on tmpfs (/dev/shm) where the kernel's writeback cannot stall;
-- read: ActivationStore.read_chunk (memmap fast path) vs a bare numpy.memmap of the same chunk
-  files, both copied into one preallocated buffer (page cache warm);
+- read: ActivationStore.read_chunk (memmap fast path) of a fresh store that checks every chunk's
+  bound checksum (the default) vs one opened with trust=True (--trust-store) vs a bare numpy.memmap
+  of the same chunk files, all copied into one preallocated buffer (page cache warm); scan_layer
+  checked vs trusted;
 - verify: verify_store (every chunk file read, CRC-32C and finite values checked) vs reading the
   same files into memory with numpy (page cache warm);
 - loader: ActivationLoader rows/s (shuffled across chunks, filtered, float32 batches), streaming
@@ -26,6 +28,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +48,19 @@ from ghosttrack.store.writer import StoreWriter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GB = 1e9
+
+
+def commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> str:
@@ -135,13 +151,18 @@ def bench_crc(arrays: list[np.ndarray], repeats: int) -> float:
     return nbytes / statistics.median(times) / GB
 
 
-def bench_read(store: ActivationStore, layer: int, repeats: int):
+def bench_read(path: Path, layer: int, repeats: int):
+    """Every chunk of a layer read once, copied into one buffer: through a freshly opened store that
+    checks each chunk's bound checksum (the default), one that trusts the store (--trust-store), and a
+    bare numpy.memmap of the same files. A fresh store per pass: each checks every chunk once."""
+    store = ActivationStore.open(path)
     dst = np.empty((store.chunk_tokens, store.d_model), np.float16)
     files = [str(store.chunk_file(layer, c)) for c in range(store.n_chunks)]
 
-    def memmap_path():
-        for c in range(store.n_chunks):
-            x = store.read_chunk(layer, c)
+    def read_all(trust: bool):
+        s = ActivationStore.open(path, trust=trust)
+        for c in range(s.n_chunks):
+            x = s.read_chunk(layer, c)
             np.copyto(dst[:len(x)], x)
 
     def bare_memmap():
@@ -150,12 +171,26 @@ def bench_read(store: ActivationStore, layer: int, repeats: int):
             np.copyto(dst[:hi - lo], np.memmap(f, dtype=np.float16, mode="r", shape=dst.shape)[:hi - lo])
 
     bare_memmap()  # warm the page cache
-    times = alternate({"memmap_path": memmap_path, "bare_memmap": bare_memmap}, repeats)
+    times = alternate({"verified": lambda: read_all(False), "trusted": lambda: read_all(True),
+                       "bare_memmap": bare_memmap}, repeats)
     return store.n_tokens * store.d_model * 2, times
 
 
+def bench_scan(path: Path, layer: int, repeats: int):
+    """scan_layer (the first pass of train over a layer: it reads every chunk) on a fresh store that
+    checks every chunk vs one that trusts the store."""
+    n = ActivationStore.open(path).n_tokens
+
+    def scan(trust: bool):
+        scan_layer(ActivationStore.open(path, trust=trust), layer, progress=False)
+
+    times = alternate({"verified": lambda: scan(False), "trusted": lambda: scan(True)}, repeats)
+    return n * ActivationStore.open(path).d_model * 2, times
+
+
 def bench_verify(path: Path, repeats: int):
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and "/c/" in str(p))
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and "/c/" in str(p)
+                   and not p.relative_to(path).parts[0] == "checksums")  # verify counts data bytes
     nbytes = sum(os.path.getsize(f) for f in files)
     buf = np.empty(max(os.path.getsize(f) for f in files), np.uint8)
     reports = []
@@ -229,8 +264,9 @@ def main() -> None:
             write[where] = rates(w_bytes / GB, t)
         crc_gbps = bench_crc(list(acts.values()) + list(rows), repeats)
         store = ActivationStore.open(scratch["disk"] / "store")
-        r_bytes, t = bench_read(store, layers[0], repeats)
+        r_bytes, t = bench_read(scratch["disk"] / "store", layers[0], repeats)
         read = rates(r_bytes / GB, t)
+        scan = rates(r_bytes / GB, bench_scan(scratch["disk"] / "store", layers[0], repeats)[1])
         v_bytes, t = bench_verify(scratch["disk"] / "store", repeats)
         verify = rates(v_bytes / GB, t)
         loader, scan_gbps, n_kept = bench_loader(store, layers[0], batch, repeats)
@@ -239,6 +275,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     ratio = lambda x, a, b: x[a]["median"] / x[b]["median"]  # noqa: E731
     res = {
+        "command": "python bench/bench_store.py " + " ".join(sys.argv[1:]), "commit": commit(),
         "machine": machine(), "torch": torch.__version__, "numpy": np.__version__, "quick": args.quick,
         "torch_threads": args.threads, "load_avg_1min_at_start": load, "repeats": repeats,
         "scratch": {k: str(v.parent) for k, v in scratch.items()},
@@ -246,15 +283,17 @@ def main() -> None:
                   "append_rows": args.append_rows, "loader_batch": batch, "write_bytes": w_bytes,
                   "read_bytes": r_bytes, "verify_bytes": v_bytes, "loader_rows_kept": n_kept},
         "write_GBps": write, "write_cpu_seconds_median": write_cpu, "crc32c_GBps": crc_gbps,
-        "read_GBps": read, "verify_GBps": verify, "loader_rows_per_s": loader, "scan_layer_GBps": scan_gbps,
+        "read_GBps": read, "scan_GBps": scan, "verify_GBps": verify, "loader_rows_per_s": loader, "scan_layer_GBps": scan_gbps,
         "ratios": {f"write_{k}": ratio(v, "store", "raw") for k, v in write.items()}
         | {f"write_{k}_checksum_cost": ratio(v, "store", "store_no_checksum") for k, v in write.items()}
         | {f"write_{k}_checksum_cpu": c["store"] / c["store_no_checksum"] for k, c in write_cpu.items()}
         | {"verify": ratio(verify, "verify_store", "bare_read"),
-           "read": ratio(read, "memmap_path", "bare_memmap"),
+           "read": ratio(read, "trusted", "bare_memmap"),
+           "read_verified": ratio(read, "verified", "trusted"),
+           "scan_verified": ratio(scan, "verified", "trusted"),
            "loader_streaming": ratio(loader, "streaming", "bare_memmap"),
            "loader_resident": ratio(loader, "resident", "bare_memmap")},
-        "targets": {"write": 0.8, "read": 0.9},
+        "targets": {"write": 0.8, "read": 0.9, "read_verified": 0.8},
     }
     md = render(res)
     print(md)
@@ -270,6 +309,8 @@ def render(res: dict) -> str:
     w, r, lo, v = res["write_GBps"], res["read_GBps"], res["loader_rows_per_s"], res["verify_GBps"]
     lines = [
         f"# Store throughput ({res['machine']}; CPU figures)",
+        "",
+        f"`{res['command']}` at commit {res['commit']}.",
         "",
         f"{s['n_tokens']:,} tokens x d_model {s['d_model']} fp16, {s['layers']} layers + token/position/sequence "
         f"arrays ({s['write_bytes'] / GB:.2f} GB written per run), chunks of {s['chunk_tokens']:,} tokens, "
@@ -295,8 +336,12 @@ def render(res: dict) -> str:
         f"| CRC-32C alone (google-crc32c) over the written bytes, GB/s | {res['crc32c_GBps']:.1f} | | | |",
         f"| verify_store (CRC-32C + finite values), GB/s | {m(v['verify_store']):.2f} | {m(v['bare_read']):.2f} "
         f"(read every file) | {q['verify']:.2f}x | - |",
-        f"| chunk read, GB/s | {m(r['memmap_path']):.2f} | {m(r['bare_memmap']):.2f} (numpy.memmap) | "
+        f"| chunk read, --trust-store, GB/s | {m(r['trusted']):.2f} | {m(r['bare_memmap']):.2f} (numpy.memmap) | "
         f"{q['read']:.2f}x | >= 0.9x |",
+        f"| chunk read, checked (default) vs --trust-store, GB/s | {m(r['verified']):.2f} | "
+        f"{m(r['trusted']):.2f} (GhostTrack, trusted) | {q['read_verified']:.2f}x | >= 0.8x |",
+        f"| scan_layer, checked vs --trust-store, GB/s | {m(res['scan_GBps']['verified']):.2f} | "
+        f"{m(res['scan_GBps']['trusted']):.2f} (GhostTrack, trusted) | {q['scan_verified']:.2f}x | - |",
         f"| loader, streaming, rows/s | {m(lo['streaming']):,.0f} | {m(lo['bare_memmap']):,.0f} "
         f"(memmap in order, fp32) | {q['loader_streaming']:.2f}x | - |",
         f"| loader, device-resident, rows/s | {m(lo['resident']):,.0f} | {m(lo['bare_memmap']):,.0f} | "

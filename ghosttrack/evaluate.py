@@ -221,7 +221,7 @@ def held_out_skip(sae, corpus_spec: dict[str, Any], seq_len: int, sae_dir=None) 
     if not store_path:
         return 0, "the SAE does not name its store: the text may overlap its training data"
     try:
-        store = ActivationStore.open(store_path)
+        store = ActivationStore.open(store_path, trust=True)  # its attributes only: no chunk is read
     except StoreError:
         return 0, f"store {store_path} not found: the text may overlap the SAE's training data"
     if store.attrs.get("corpus") != corpus_spec:

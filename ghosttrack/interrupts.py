@@ -33,6 +33,12 @@ class StopRequest:
         self.signal_name = self.signal_name or reason
         self.requested = True
 
+    def check(self) -> None:
+        """Raise Interrupted if a stop was requested: called between the steps of a set-up, so that
+        a signal during one is honoured when it ends, not after the set-up's last step."""
+        if self.requested:
+            raise Interrupted(self.signal_name)
+
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:

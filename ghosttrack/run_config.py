@@ -113,16 +113,22 @@ class VerifyRun(StoreArgument):
 
     progress: bool = field(default=True, metadata={"negatable": True})
     """Show a progress bar."""
+    upgrade: bool = False
+    """Store written before bound checksums (format 1/2): check every chunk, then bind each to its array,
+    index, dtype and shape so that reads accept it."""
 
 
-def check_local_output(flag: str, value: str | None) -> None:
-    """Outputs written to a local folder (SAEs, reports): a store URL there would otherwise become a
-    local folder named 's3:'. One line, exit 2, before any work."""
-    from ghosttrack.store.location import as_location, is_remote
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
 
-    if value is not None and is_remote(as_location(value)):
-        raise GhostTrackError(f"{flag} {value}: this output is written to a local folder, not to object storage "
-                              "(only activation stores go there: extract --out, --store); pass a local path")
+
+def check_local_output(flag: str, value: str | None, command: str | None = None) -> None:
+    """Outputs written to local folders (SAEs, reports, edge lists, caches): a URL there would otherwise
+    become a local folder named 's3:'. One line, exit 2, before any work. Only `extract --out` writes
+    to object stores (its store location parses the URL itself). A Windows drive (C:\\) is a path."""
+    m = _URL.match(str(value)) if value is not None else None
+    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):
+        raise GhostTrackError(f"{flag} {value}: {command or 'this command'} writes local folders only; "
+                              "pass a local path")
 
 
 def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:

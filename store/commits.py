@@ -141,7 +141,7 @@ def finalize_store(path: Location, world_size: int) -> int:
         if complete:
             for name in fmt.array_names(stored["layers"]):
                 array = group[name]
-                array.resize((total,) + array.shape[1:])
+                fmt.resize_rows(array, total)
         group.update_attributes({"committed_tokens": total, "complete": complete})
         if complete:
             remove_tree(path / COMMITS_DIR)

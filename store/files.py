@@ -60,29 +60,27 @@ class AtomicFile:
     """A file written piece by piece under ``<name>.partial`` and renamed into place by ``commit()``.
 
     With ``checksum=True`` the CRC-32C of everything written is appended on commit, as zarr's
-    crc32c codec stores it (little-endian uint32 after the data).
+    crc32c codec stores it (little-endian uint32 after the data). ``data_crc`` is that CRC either way.
     """
 
     def __init__(self, path: Path, checksum: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
-        self._crc = 0 if checksum else None
+        self._trailer = checksum
+        self._crc = 0
+        """CRC-32C of the data so far: the trailer, and the start of the chunk's bound checksum."""
         self._f = open(self.tmp, "wb")
 
     def write(self, data: np.ndarray | bytes) -> None:
         """Append bytes, or the raw bytes of a C-contiguous array (what zarr's ``bytes`` codec stores)."""
         if isinstance(data, bytes):
             self._f.write(data)
-            if self._crc is not None:
-                self._crc = google_crc32c.extend(self._crc, data)
+            self._crc = google_crc32c.extend(self._crc, data)
             return
         if not data.flags.c_contiguous:
             raise ValueError("AtomicFile.write needs a C-contiguous array")
         # ndarray.tofile writes in blocks: measurably faster here than one huge file.write().
-        if self._crc is None:
-            data.tofile(self._f)
-            return
         # Checksum each block right after writing it, while it is still in the cache: one pass
         # over memory instead of two (bench/bench_store.py measures what the checksum costs).
         flat = data.reshape(-1)
@@ -92,9 +90,14 @@ class AtomicFile:
             block.tofile(self._f)
             self._crc = google_crc32c.extend(self._crc, _read_only(block))
 
+    @property
+    def data_crc(self) -> int:
+        """CRC-32C of the bytes written so far (the trailer not included)."""
+        return self._crc
+
     def commit(self) -> None:
         """Close the file (after its checksum, if any) and move it to its final name."""
-        if self._crc is not None:
+        if self._trailer:
             self._f.write(np.uint32(self._crc).astype("<u4").tobytes())
         self._f.close()
         os.replace(self.tmp, self.path)
@@ -113,7 +116,8 @@ class ObjectUpload:
     def __init__(self, path: ObjectPath, checksum: bool = False):
         self.path = path
         self._parts: list[bytes] = []
-        self._crc = 0 if checksum else None
+        self._trailer = checksum
+        self._crc = 0
 
     def write(self, data: np.ndarray | bytes) -> None:
         if not isinstance(data, bytes):
@@ -121,11 +125,14 @@ class ObjectUpload:
                 raise ValueError("ObjectUpload.write needs a C-contiguous array")
             data = data.tobytes()
         self._parts.append(data)
-        if self._crc is not None:
-            self._crc = google_crc32c.extend(self._crc, data)
+        self._crc = google_crc32c.extend(self._crc, data)
+
+    @property
+    def data_crc(self) -> int:
+        return self._crc
 
     def payload(self) -> bytes:
-        tail = [] if self._crc is None else [np.uint32(self._crc).astype("<u4").tobytes()]
+        tail = [np.uint32(self._crc).astype("<u4").tobytes()] if self._trailer else []
         return b"".join(self._parts + tail)
 
     def commit(self) -> None:
@@ -148,6 +155,14 @@ class ShardWrite:
 
     def write(self, data: np.ndarray) -> None:
         self._parts.append(np.array(data, copy=True))
+
+    @property
+    def data_crc(self) -> int:
+        """CRC-32C of the shard's rows as raw little-endian bytes (zarr's own checksums are per inner chunk)."""
+        crc = 0
+        for part in self._parts:
+            crc = google_crc32c.extend(crc, _read_only(part.reshape(-1).view(np.uint8)))
+        return crc
 
     def commit(self) -> None:
         rows = self.array.shards[0]

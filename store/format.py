@@ -8,6 +8,8 @@ One group per extraction run:
   them that plain zarr checks on every read (format 2; format-1 stores have no checksum).
 - ``tokens`` (int32), ``positions`` (int32, position inside its packed sequence) and
   ``sequence_ids`` (int64, index of the packed sequence): (n_tokens,), same row chunking.
+- ``checksums`` (format 3): (n_chunks, n_arrays) uint32, one row per chunk: each array's chunk
+  checksum bound to the array's name, the chunk index, dtype and shape (``binding.py``).
 
 With ``shard_chunks`` = N > 1 every array is a zarr v3 sharded array: one object (shard) holds N
 chunks of ``chunk_tokens / N`` rows each with its CRC-32C, plus an index (N times fewer objects, for
@@ -37,10 +39,12 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from .errors import StoreError
 from .location import Location, as_location, zarr_store
 
-FORMAT_VERSION = 2
-"""Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec)."""
-READABLE_VERSIONS = (1, 2)
-"""Format versions this version reads (1: no checksums)."""
+FORMAT_VERSION = 3
+"""Written by this version. 2: every chunk ends with a CRC-32C (zarr's crc32c codec); 3: plus a
+checksum per chunk that binds it to its array, index, dtype and shape (``binding.py``)."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Format versions this version reads (1: no checksums; 1 and 2 only unchecked or after
+``ghosttrack verify --upgrade``)."""
 DTYPE = "float16"
 """The layers' default dtype; ``float32`` is the other one a store may hold (the ``dtype`` attribute)."""
 LAYER_DTYPES = {"float16": "<f2", "float32": "<f4"}
@@ -62,6 +66,23 @@ TMP_SUFFIX = ".partial"
 """Suffix of files being written; zarr's LocalStore uses the same one for its temporary files."""
 
 
+MAX_TOKENS = 2**40
+"""Most rows a store holds (1.1 trillion; at d_model 768 in fp16 one layer alone is 1.7 PB)."""
+MAX_CHUNKS = 2**24
+"""Most chunks per array (16.8 million files each): bounds every per-chunk loop of set-up and resume."""
+
+
+def budget_problem(target_tokens: int, chunk_tokens: int) -> str | None:
+    """Why a store of ``target_tokens`` rows in chunks of ``chunk_tokens`` cannot be made (None: it can)."""
+    if target_tokens > MAX_TOKENS:
+        return f"{target_tokens:,} tokens is more than a store holds ({MAX_TOKENS:,} rows); pass fewer --tokens"
+    n_chunks = -(-target_tokens // chunk_tokens)
+    if n_chunks > MAX_CHUNKS:
+        return (f"{target_tokens:,} tokens in chunks of {chunk_tokens:,} rows make {n_chunks:,} chunks, more than "
+                f"a store holds ({MAX_CHUNKS:,} per array); pass fewer --tokens or a larger --chunk-tokens")
+    return None
+
+
 def layer_array(layer: int) -> str:
     """Name of the array that holds one layer's activations."""
     return f"layers/{layer}"
@@ -81,6 +102,8 @@ def identity_attrs(*, layers: list[int], d_model: int, chunk_tokens: int, target
         raise ValueError(f"shard_chunks must be >= 1 and divide chunk_tokens={chunk_tokens}, got {shard_chunks}")
     if dtype not in LAYER_DTYPES:
         raise ValueError(f"dtype must be one of {list(LAYER_DTYPES)}, got {dtype!r}")
+    if (problem := budget_problem(target_tokens, chunk_tokens)) is not None:
+        raise ValueError(problem)
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise ValueError(f"attrs is missing required keys {missing} (need {list(REQUIRED_ATTRS)})")
@@ -188,6 +211,15 @@ def _create_array(group: zarr.Group, name: str, shape: tuple, rows: tuple, dtype
         dtype=np.dtype(dtype).name, compressors=Crc32cCodec(), serializer=BytesCodec(endian="little"),
         fill_value=0, chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
+
+
+def resize_rows(array: zarr.Array, rows: int) -> None:
+    """Set the array's row count, touching only its zarr.json: zarr's own resize lists every chunk
+    outside a smaller shape to delete it (minutes for a large target), and the writer never leaves
+    chunk files past the rows it keeps."""
+    from zarr.core.sync import sync
+
+    sync(array.async_array.resize((int(rows),) + tuple(array.shape[1:]), delete_outside_chunks=False))
 
 
 def array_names(layers: list[int]) -> list[str]:

@@ -1,10 +1,15 @@
 """ActivationStore: read-only access to a store's committed rows.
 
 A chunk of an uncompressed, unsharded array is handed out as a ``numpy.memmap`` of the data part
-of its chunk file (no copy, no decode, no checksum: the fast path; ``verify.py`` checks the
-checksums); any other layout goes through zarr. On an object store a plain chunk is one GET of the
-whole object, fetched ahead where the loader asks (``remote_reads.py``) and checked for its size
-and checksum before use. Rows past ``committed_tokens`` are never returned.
+of its chunk file (no copy, no decode: the fast path); any other layout goes through zarr. On an
+object store a plain chunk is one GET of the whole object, fetched ahead where the loader asks
+(``remote_reads.py``). Rows past ``committed_tokens`` are never returned.
+
+Every chunk is checked the first time it is read (local files) or each time it is fetched (object
+stores): its CRC-32C trailer, and its bound checksum, which says it is chunk c of that array with
+that dtype and shape (``binding.py``); ``trust=True`` skips both for a store the caller vouches for
+(object-store chunks still get their size and trailer checked). ``verify.py`` checks every chunk
+at once, and finite values besides.
 
 The committed range checks itself: every committed chunk must be there with its full size, so a
 missing, short or unreadable chunk file is an error naming the array, the chunk and the fix,
@@ -17,9 +22,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
+from . import binding
 from . import format as fmt
 from .commits import progress_while_writing
 from .errors import StoreError
@@ -56,11 +63,31 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _positive_int(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def _bad_attributes(attrs: dict[str, Any]) -> str | None:
+    """A description of the attributes no writer writes (None: they are well-formed)."""
+    layers = attrs["layers"]
+    if not isinstance(layers, list) or not layers or not all(type(i) is int and i >= 0 for i in layers) \
+            or len(set(layers)) != len(layers):
+        return f"layers={layers!r}"
+    for key in ("d_model", "chunk_tokens", "context_length"):
+        if not _positive_int(attrs[key]):
+            return f"{key}={attrs[key]!r}"
+    if "target_tokens" in attrs and not _positive_int(attrs["target_tokens"]):
+        return f"target_tokens={attrs['target_tokens']!r}"
+    return None
+
+
 class ActivationStore:
     """A GhostTrack activation store opened for reading (see ``format.py`` for the layout)."""
 
-    def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any]):
+    def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any], *, trust: bool = False):
         self.path = path
+        self.trust = trust
+        """True: chunks are read without checking their checksums (a store the caller vouches for)."""
         self.remote = is_remote(path)
         """True on an object store: chunks are fetched, not memory-mapped."""
         self._fetcher = ChunkFetcher() if self.remote else None
@@ -87,10 +114,23 @@ class ActivationStore:
         self._plain = {name: fmt.is_plain_chunked(a) for name, a in self._arrays.items()}
         self._file_size = {name: fmt.chunk_file_size(a) for name, a in self._arrays.items() if self._plain[name]}
         self._paths: dict[tuple[str, int], str] = {}
+        self.store_dtype: str = str(attrs.get("dtype", fmt.DTYPE))
+        self._records = group[binding.CHECKSUMS] if binding.CHECKSUMS in group else None
+        self.bound = self._records is not None
+        """Whether every committed chunk has a bound checksum (format 3, or upgraded). The records
+        decide, not the version number: only the writer of a format-3 store or an upgrade makes them."""
+        self._record_of: dict[int, dict[str, int] | str] = {}
+        self._checked: set[tuple[str, int]] = set()
+        """Local chunks whose checksums this reader has checked (each is checked once)."""
 
     @classmethod
-    def open(cls, path) -> "ActivationStore":
-        """Open the store at ``path``; StoreError if it is missing, not a store, or damaged."""
+    def open(cls, path, *, trust: bool = False) -> "ActivationStore":
+        """Open the store at ``path``; StoreError if it is missing, not a store, or damaged.
+
+        Every chunk read is checked against its bound checksum (its bytes, and that it is the chunk
+        of that array, index, dtype and shape) the first time it is read, unless ``trust``; a store
+        without bound checksums (format < 3) is refused unless ``trust``, naming the upgrade.
+        """
         path = as_location(path)
         check_reachable(path, for_writing=False)
         if not path.is_dir():
@@ -107,15 +147,25 @@ class ActivationStore:
         if missing_keys:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
+        bad = _bad_attributes(attrs)
+        if bad:
+            raise StoreError(f"store {path} is damaged: its attributes hold {bad}; re-extract with --overwrite")
         check_commit_record(path, attrs)
         attrs = progress_while_writing(path, attrs)  # several processes writing: their merged prefix
         try:
             group = zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
-            store = cls(path, group, attrs)
+            store = cls(path, group, attrs, trust=trust)
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise StoreError(f"store {path} is damaged ({type(e).__name__}: {e}); "
                              "re-extract with --overwrite") from e
         store._check_shapes()
+        if attrs["format_version"] >= binding.BOUND_FORMAT and store._records is None:
+            raise StoreError(f"store {path} is damaged: its checksums array is missing; {repair_hint(path)}")
+        if store.bound and store._records.attrs.get("arrays") != store.array_names:
+            raise StoreError(f"store {path} is damaged: its attributes name the arrays {store.array_names}, its "
+                             f"checksums cover {store._records.attrs.get('arrays')}; re-extract with --overwrite")
+        if not trust and not store.bound:
+            raise StoreError(binding.unbound_refusal(path, attrs["format_version"]))
         return store
 
     def _check_shapes(self) -> None:
@@ -222,17 +272,66 @@ class ActivationStore:
         if self._plain[name]:
             f = self._checked_plain_file(name, c)
             shape = (self.chunk_tokens,) + array.shape[1:]
+            dtype = array.dtype.newbyteorder("<")
             try:
-                return np.memmap(f, dtype=array.dtype.newbyteorder("<"), mode="r", shape=shape)[: stop - start]
+                if self.trust or (name, c) in self._checked:
+                    return np.memmap(f, dtype=dtype, mode="r", shape=shape)[: stop - start]
+                raw = np.memmap(f, dtype=np.uint8, mode="r")
             except OSError as e:
                 raise damaged_chunk(self.path, name, c, f"cannot be read ({f}: {e.strerror})") from e
+            problem = self.bytes_problem(name, c, raw, f)
+            if problem is not None:
+                raise damaged_chunk(self.path, name, c, problem)
+            self._checked.add((name, c))
+            return raw[: fmt.chunk_nbytes(array)].view(dtype).reshape(shape)[: stop - start]
         problem = self.chunk_problem(name, c)
         if problem is not None:  # zarr would read the fill value
             raise damaged_chunk(self.path, name, c, problem)
         try:
-            return array[start:stop]
+            rows = array[start:stop]
         except Exception as e:  # a decoder's error (checksum, truncated stream ...): damaged data
             raise damaged_chunk(self.path, name, c, f"cannot be decoded ({type(e).__name__}: {e})") from e
+        if not self.trust and (name, c) not in self._checked:
+            problem = self.bound_problem(name, c, self.decoded_crc(name, rows), fmt.chunk_file(self.path, array, c))
+            if problem is not None:
+                raise damaged_chunk(self.path, name, c, problem)
+            self._checked.add((name, c))
+        return rows
+
+    # ---------------------------------------------------------------- checksums
+
+    def decoded_crc(self, name: str, rows: np.ndarray) -> int:
+        """CRC-32C of a decoded chunk's bytes as the writer wrote them: its rows, padded with the fill
+        value (0) to a whole chunk, little-endian."""
+        array = self._arrays[name]
+        full = np.zeros((self.chunk_tokens,) + array.shape[1:], array.dtype.newbyteorder("<"))
+        full[: len(rows)] = rows
+        return binding.data_crc(full)
+
+    def bound_problem(self, name: str, c: int, data_crc: int, where) -> str | None:
+        """What is wrong with chunk ``c`` of ``name`` given the CRC-32C of its data bytes (None:
+        nothing): its record's bound checksum must match that CRC extended by what the chunk is."""
+        if c not in self._record_of:
+            self._record_of[c] = binding.read_record(self.path, self._records, c)
+        record = self._record_of[c]
+        if isinstance(record, str):
+            return record
+        array = self._arrays[name]
+        head = binding.header(name, c, array.dtype, array.shards or array.chunks, self.store_dtype)
+        if record.get(name) != binding.bind(data_crc, head):
+            return binding.mismatch(name, c, where)
+        return None
+
+    def bytes_problem(self, name: str, c: int, raw: np.ndarray, where) -> str | None:
+        """What is wrong with the bytes ``raw`` (uint8, read-only) of plain chunk file ``c`` of
+        ``name`` (None: nothing): its size, its CRC-32C trailer, its bound checksum (format 3)."""
+        array = self._arrays[name]
+        if len(raw) != self._file_size[name]:
+            return f"holds {len(raw)} bytes, expected {self._file_size[name]} ({where})"
+        crc = google_crc32c.value(raw[: fmt.chunk_nbytes(array)])
+        if fmt.has_checksum(array) and crc != int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0]):
+            return f"fails its CRC-32C checksum (its bytes changed after they were written; {where})"
+        return self.bound_problem(name, c, crc, where) if self.bound else None
 
     def fetch_ahead(self, name: str, c: int) -> None:
         """Object store: start the GET of chunk ``c`` of array ``name`` in the background."""
@@ -253,9 +352,13 @@ class ActivationStore:
             raise damaged_chunk(self.path, name, c, f"is missing ({obj})") from None
         except OSError as e:
             raise damaged_chunk(self.path, name, c, f"cannot be read ({obj}: {e})") from e
-        problem = check_chunk_bytes(raw, self._arrays[name], self._file_size[name])
+        if self.trust:
+            problem = check_chunk_bytes(raw, self._arrays[name], self._file_size[name])
+            problem = problem and f"{problem} ({obj})"
+        else:
+            problem = self.bytes_problem(name, c, np.frombuffer(raw, np.uint8), obj)
         if problem is not None:
-            raise damaged_chunk(self.path, name, c, f"{problem} ({obj})")
+            raise damaged_chunk(self.path, name, c, problem)
         array = self._arrays[name]
         shape = (self.chunk_tokens,) + array.shape[1:]
         return np.frombuffer(raw, array.dtype.newbyteorder("<"), count=int(np.prod(shape))).reshape(shape)
@@ -315,6 +418,12 @@ class ActivationStore:
                    for p in ([entry] if entry.is_file() else entry.rglob("*")) if p.is_file())
 
     @property
+    def corpus_ran_out(self) -> bool:
+        """True when the extraction finished before its target: the corpus had no more text (a
+        complete store is never cut short otherwise)."""
+        return self.complete and self.n_tokens < self.attrs.get("target_tokens", self.n_tokens)
+
+    @property
     def array_names(self) -> list[str]:
         """Every array: the layers, then tokens, positions and sequence_ids."""
         return list(self._arrays)
@@ -346,6 +455,8 @@ class ActivationStore:
         damaged, whatever its commit record says."""
         a = self.attrs
         state = "complete" if self.complete else "incomplete (resume with --resume)"
+        if self.corpus_ran_out:
+            state += f": corpus ran out at {self.n_tokens:,} of {a['target_tokens']:,} tokens"
         damaged = self.damaged_files()
         if damaged:
             name, c, why = damaged[0]

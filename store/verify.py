@@ -3,7 +3,9 @@ checksum and, for activations, holds only finite values. What fails is listed by
 and ``repair_ranges`` turns that into the row ranges an extractor re-extracts with
 ``StoreWriter.rewrite_chunk``.
 
-Reads skip the checksum to stay at memory-map speed; this is where it is checked.
+Reads check each chunk's checksums as they go (``reader.py``); this checks every committed chunk at
+once, and finite values besides. ``upgrade_store`` binds the chunks of a store written before
+bound checksums (format < 3) after this check finds them healthy.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+import zarr
 from tqdm.auto import tqdm
 
 from . import format as fmt
+from .binding import UPGRADE_COMMAND
+from .errors import StoreError
 from .reader import REPAIR_COMMAND, ActivationStore, ChunkDamaged
 
 _BLOCK_BYTES = 1 << 21  # finite checks in blocks that stay in the cache
@@ -43,8 +48,13 @@ class VerifyReport:
     chunk_tokens: int
     checksums: bool
     """Whether every array's chunks carry a checksum (format 1 stores have none)."""
+    bound: bool = False
+    """Whether every chunk has a bound checksum (format 3): swapped, moved or retyped chunks show."""
+    format_version: int = fmt.FORMAT_VERSION
     bytes_read: int = 0
     damaged: list[Damage] = field(default_factory=list)
+    data_crcs: dict[tuple[str, int], int] = field(default_factory=dict)
+    """CRC-32C of each healthy chunk's data bytes (what ``upgrade_store`` binds)."""
 
     @property
     def healthy(self) -> bool:
@@ -57,11 +67,15 @@ class VerifyReport:
 
     def summary(self) -> str:
         """What ``ghosttrack verify`` prints: one line when healthy, else one line per damaged chunk."""
-        checks = "presence, size, CRC-32C, finite values" if self.checksums else \
-            "presence, size, finite values; format-1 store: no checksums"
+        checks = ("presence, size, CRC-32C bound to array, chunk, dtype and shape, finite values" if self.bound else
+                  "presence, size, CRC-32C, finite values" if self.checksums else
+                  "presence, size, finite values; format-1 store: no checksums")
         head = (f"store {self.path}: {self.n_chunks} chunks x {len(self.arrays)} arrays, "
                 f"{self.n_tokens:,} committed tokens ({checks}), {self.bytes_read / 1e9:.2f} GB read")
         if self.healthy:
+            if not self.bound:
+                return (f"{head}: healthy as far as format {self.format_version} can tell (chunks not bound to "
+                        f"their place: reads refuse it); run {UPGRADE_COMMAND} {self.path} to bind them")
             return f"{head}: healthy"
         lines = [f"{head}: {len(self.damaged)} damaged chunk file(s) in {len(self.damaged_chunks)} chunk(s)"]
         lines += [f"  {d.array} chunk {d.chunk}: {d.reason}" for d in self.damaged]
@@ -74,11 +88,12 @@ def verify_store(path, *, progress: bool = False) -> VerifyReport:
 
     A store that cannot be opened at all (no commit record, damaged metadata) raises StoreError.
     """
-    store = ActivationStore.open(path)
+    store = ActivationStore.open(path, trust=True)  # checked here, chunk by chunk, with more detail
     arrays = store.array_names
     report = VerifyReport(path=store.path, arrays=arrays, n_chunks=store.n_chunks, n_tokens=store.n_tokens,
                           chunk_tokens=store.chunk_tokens,
-                          checksums=all(fmt.has_checksum(store._arrays[a]) for a in arrays))
+                          checksums=all(fmt.has_checksum(store._arrays[a]) for a in arrays), bound=store.bound,
+                          format_version=store.attrs["format_version"])
     work = [(name, c) for c in range(store.n_chunks) for name in arrays]
     for i, (name, c) in enumerate(tqdm(work, desc=f"verify {store.path.name}", unit="chunk", disable=not progress)):
         if store.remote:  # keep a few GETs in flight ahead of the check
@@ -103,7 +118,11 @@ def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport
         except ChunkDamaged as e:
             return e.why
         report.bytes_read += rows.nbytes
-        return _nonfinite(rows.reshape(len(rows), -1).view(np.uint8), rows.dtype, stop - start) \
+        crc = store.decoded_crc(name, rows)
+        if store.bound and (problem := store.bound_problem(name, c, crc, fmt.chunk_file(store.path, array, c))):
+            return problem
+        report.data_crcs[(name, c)] = crc
+        return _nonfinite(np.ascontiguousarray(rows).reshape(len(rows), -1).view(np.uint8), rows.dtype, stop - start) \
             if rows.dtype.kind == "f" else None
     f = store._plain_path(name, c)
     try:
@@ -125,12 +144,14 @@ def _check_chunk(store: ActivationStore, name: str, c: int, report: VerifyReport
     crc, nonfinite = 0, False
     for i in range(0, len(data), _BLOCK_BYTES):
         block = data[i:i + _BLOCK_BYTES]
-        if checksum:
-            crc = google_crc32c.extend(crc, block)
+        crc = google_crc32c.extend(crc, block)  # format 1 has no trailer, but a bound checksum may use it
         if exponent is not None and not nonfinite and i < committed:
             nonfinite = exponent.any_all_set(block[:committed - i])
     if checksum and crc != int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0]):
         return f"fails its CRC-32C checksum (its bytes changed after they were written; {f})"
+    if store.bound and (problem := store.bound_problem(name, c, crc, f)):
+        return problem
+    report.data_crcs[(name, c)] = crc
     if nonfinite:
         return _nonfinite(data.reshape(store.chunk_tokens, -1), array.dtype, stop - start)
     return None
@@ -184,3 +205,41 @@ def repair_ranges(report: VerifyReport) -> list[tuple[int, int]]:
         else:
             out.append((start, stop))
     return out
+
+
+def upgrade_store(path, *, progress: bool = False) -> str:
+    """Bind the chunks of a store written before bound checksums (format < 3): check every committed
+    chunk as ``verify_store`` does, and only when all are healthy write the ``checksums`` array
+    from the CRCs just read and mark the store format 3. Holds the store's lock meanwhile (a running
+    extraction is refused). Returns what was done, in one line; StoreError when the store is damaged."""
+    from .binding import BOUND_FORMAT, bind, create_records, header, record_file, record_row
+    from .files import atomic_file, commit_all
+    from .location import as_location, zarr_store
+    from .lock import StoreLock
+
+    path = as_location(path)
+    store = ActivationStore.open(path, trust=True)
+    if store.bound:
+        return f"store {path} already has bound checksums (format {store.attrs['format_version']}): nothing to do"
+    with StoreLock.acquire(path / fmt.LOCK_PREFIX, path):
+        report = verify_store(path, progress=progress)
+        if not report.healthy:
+            raise StoreError(f"store {path} has {len(report.damaged)} damaged chunk file(s) (first: chunk "
+                             f"{report.damaged[0].chunk} of {report.damaged[0].array}: {report.damaged[0].reason}); "
+                             f"repair them with {REPAIR_COMMAND} before {UPGRADE_COMMAND}")
+        group = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
+        names = store.array_names
+        n_chunks = max(store.n_chunks, -(-store.attrs.get("target_tokens", store.n_tokens) // store.chunk_tokens))
+        records = create_records(group, names, n_chunks if not store.complete else store.n_chunks)
+        for c in range(store.n_chunks):
+            sums = {}
+            for name in names:
+                a = store._arrays[name]
+                sums[name] = bind(report.data_crcs[(name, c)],
+                                  header(name, c, a.dtype, a.shards or a.chunks, store.store_dtype))
+            f = atomic_file(record_file(path, records, c), checksum=True)
+            f.write(record_row(names, sums))
+            commit_all([f])
+        group.update_attributes({"format_version": BOUND_FORMAT})
+    return (f"store {path}: {report.n_chunks} chunks x {len(names)} arrays checked and bound to their array, "
+            f"index, dtype and shape (format {report.format_version} -> {BOUND_FORMAT}); reads check them from now on")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import binding
 from . import format as fmt
 from .commits import (COMMITS_DIR, RankCommit, finalize_store, mark_multi_process, own_chunk,
                       read_rank_commits, recorded_world_size, write_rank_commit)
@@ -44,9 +45,14 @@ def _lock_name(rank: int, world_size: int) -> str:
 
 
 def _own_rows(total: int, rank: int, world_size: int, chunk_tokens: int) -> int:
-    """Rows of the first ``total`` rows that lie in the chunks owned by ``rank``."""
+    """Rows of the first ``total`` rows that lie in the chunks owned by ``rank`` (chunks c with
+    c % world_size == rank; every chunk is full but the last). Closed form: no loop over chunks."""
     n_chunks = -(-total // chunk_tokens)
-    return sum(min(chunk_tokens, total - c * chunk_tokens) for c in range(rank, n_chunks, world_size))
+    owned = max(0, -(-(n_chunks - rank) // world_size))
+    rows = owned * chunk_tokens
+    if owned and (n_chunks - 1) % world_size == rank:  # the last chunk is ours: it may be partial
+        rows -= n_chunks * chunk_tokens - total
+    return rows
 
 
 def _open_arrays(path: Path, group: zarr.Group, layers: list[int]) -> dict[str, zarr.Array]:
@@ -84,6 +90,11 @@ class StoreWriter:
         # Each array's own metadata says whether its chunks end with a checksum (format 1: none).
         self._checksum = {name: fmt.has_checksum(a) for name, a in self._arrays.items()}
         self._chunk_bytes = sum(fmt.chunk_file_size(a) for a in self._arrays.values())
+        self._store_dtype = attrs.get("dtype", fmt.DTYPE)
+        # The bound checksums of each chunk (format 3; written for an older store too, where its
+        # records array exists after `ghosttrack verify --upgrade`).
+        self._records = group.get(binding.CHECKSUMS) if binding.CHECKSUMS in group else None
+        self._record_names = list(self._records.attrs["arrays"]) if self._records is not None else []
         self.d_model: int = attrs["d_model"]
         layer_dtype = np.dtype(fmt.LAYER_DTYPES[attrs.get("dtype", fmt.DTYPE)])
         self._dtypes = {fmt.layer_array(i): layer_dtype for i in self.layers}
@@ -135,6 +146,9 @@ class StoreWriter:
                 if occupied:  # only a GhostTrack store (maybe damaged) gets here
                     clear(path)
                 group = fmt.create_group(path, fmt.with_progress(identity, 0, False), target_tokens)
+                # The bound checksums' records (binding.py, which builds on format.py: created here,
+                # not by create_group, so that format.py does not import it back).
+                binding.create_records(group, fmt.array_names(identity["layers"]), -(-target_tokens // chunk_tokens))
                 if world_size > 1:
                     mark_multi_process(path)
                 return cls(path, group, lock, rank=0, world_size=world_size, committed_tokens=0, complete=False)
@@ -201,19 +215,27 @@ class StoreWriter:
         files past any rank's commit, arrays shaped for target_tokens again."""
         remove_partials(self.path)
         ct, ws = self.chunk_tokens, self.world_size
-        n_chunks = -(-self.target_tokens // ct)
-        # On an object store one listing says which chunks exist: no DELETE per possible chunk.
-        present = set(self.path.sizes()) if is_remote(self.path) else None
         for array in self._arrays.values():
             if array.shape[0] != self.target_tokens:  # killed while completing: undo the cut
-                array.resize((self.target_tokens,) + array.shape[1:])
-            for c in range(n_chunks):
+                fmt.resize_rows(array, self.target_tokens)
+        # Only the chunk files that exist are looked at (one listing per array): no call per
+        # possible chunk of a large target.
+        for array in [*self._arrays.values(), *([self._records] if self._records is not None else [])]:
+            for c in self._stored_chunks(array):
                 commit = commits[c % ws]
                 if commit.complete or (c // ws) * ct < commit.committed_tokens:
                     continue
-                f = fmt.chunk_file(self.path, array, c)
-                if present is None or str(f)[len(str(self.path)) + 1:] in present:
-                    f.unlink(missing_ok=True)
+                fmt.chunk_file(self.path, array, c).unlink(missing_ok=True)
+
+    def _stored_chunks(self, array: zarr.Array) -> list[int]:
+        """Indices of the row chunks of ``array`` that have a file (or object)."""
+        folder = as_location(self.path) / array.path / "c"
+        if is_remote(self.path):
+            prefix = f"{array.path}/c/"
+            keys = [k[len(prefix):].split("/")[0] for k in self.path.sizes() if k.startswith(prefix)]
+        else:
+            keys = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        return sorted({int(k) for k in keys if k.isdigit()})
 
     # ---------------------------------------------------------------- writing
 
@@ -289,10 +311,24 @@ class StoreWriter:
             for name, f in self._files.items():
                 if pad:
                     f.write(np.zeros((pad,) + self._arrays[name].shape[1:], self._dtypes[name]))
-            commit_all(list(self._files.values()))
+            commit_all(list(self._files.values()) + self._record(self.next_chunk, self._files))
         except OSError as e:
             self._fail(e, f"while writing chunk {self.next_chunk} of {self.path}")
         self._files, self._n_buf = {}, 0
+
+    def _record(self, c: int, files: dict) -> list:
+        """The record of chunk ``c``'s bound checksums, as a file to commit with its data files
+        (none for a store without a records array)."""
+        if self._records is None:
+            return []
+        sums = {}
+        for name, f in files.items():
+            a = self._arrays[name]
+            sums[name] = binding.bind(f.data_crc, binding.header(name, c, a.dtype, a.shards or a.chunks,
+                                                                 self._store_dtype))
+        record = atomic_file(binding.record_file(self.path, self._records, c), checksum=True)
+        record.write(binding.record_row(self._record_names, sums))
+        return [record]
 
     # ---------------------------------------------------------------- repairing
 
@@ -314,6 +350,7 @@ class StoreWriter:
         rows.update(tokens=tokens, positions=positions, sequence_ids=sequence_ids)
         where = f"while rewriting chunk {c} of {self.path}"
         files: list[AtomicFile | ObjectUpload] = []
+        by_name = {}
         try:
             self._check_free_space(where)
             for name, a in rows.items():
@@ -321,11 +358,12 @@ class StoreWriter:
                 want = (n,) + self._arrays[name].shape[1:]
                 if a.shape != want:
                     raise ValueError(f"{name} has shape {a.shape}, chunk {c} needs {want}")
-                f = self._chunk_file(name, c)
+                f = by_name[name] = self._chunk_file(name, c)
                 files.append(f)
                 f.write(a)
                 if n < ct:
                     f.write(np.zeros((ct - n,) + want[1:], a.dtype))
+            files += self._record(c, by_name)
             commit_all(files)
         except BaseException as e:
             for f in files:
@@ -393,7 +431,7 @@ class StoreWriter:
                     try:
                         for array in self._arrays.values():
                             if array.shape[0] != total:
-                                array.resize((total,) + array.shape[1:])
+                                fmt.resize_rows(array, total)
                     except OSError as e:
                         self._fail(e, f"while completing {self.path}")
                 self._commit(total, complete=True)

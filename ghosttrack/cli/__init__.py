@@ -115,5 +115,6 @@ def info(**options) -> None:
     """Print a store's model, layers, tokens, size on disk and chunking."""
     from ghosttrack.store.reader import ActivationStore
 
-    click.echo(ActivationStore.open(from_options(StoreArgument, options).store).summary())
+    # reads no chunk, so a store that needs `verify --upgrade` is still described
+    click.echo(ActivationStore.open(from_options(StoreArgument, options).store, trust=True).summary())
 

@@ -29,6 +29,7 @@ def interpret(**options) -> None:
     """
     from ghosttrack.interpret.features import analyze_sae, print_feature_summary
     from ghosttrack.sae.agreement import check_layer_agreement
+    from ghosttrack.sae.files import read_cfg
     from ghosttrack.store.format import read_store_attrs
     from ghosttrack.store.location import as_location
 
@@ -40,7 +41,7 @@ def interpret(**options) -> None:
     store_at = as_location(config.store)
     store_hook = (read_store_attrs(store_at) or {}).get("hook") if store_at.is_dir() else None
     for directory in dirs:
-        check_layer_agreement(json.loads((directory / "cfg.json").read_text()), config.layer, store_hook,
+        check_layer_agreement(read_cfg(directory), config.layer, store_hook,
                               sae=str(directory), allow_mismatch=config.allow_layer_mismatch)
         summary = analyze_sae(directory, config.store, config.out, layer=config.layer, config=config)
         layer_dir = Path(summary["files"]["features"]).parent

@@ -25,7 +25,7 @@ def match(**options) -> None:
     cfg = from_options(MatchRun, options)
     out = cfg.out
     summary = run_matching(cfg.sae_dir, cfg.out, store_path=cfg.store, top=cfg.top, device=resolve_device(cfg.device),
-                           blocks=BlockSizes(cfg.src_block, cfg.dst_block))
+                           blocks=BlockSizes(cfg.src_block, cfg.dst_block), access=cfg)
     for pair in summary["pairs"]:
         head = f"layer {pair['src_layer']} -> {pair['dst_layer']}: {pair['edges']:,} edges"
         if "rows" in pair:

@@ -39,7 +39,7 @@ def train_options(func):
 @config_option
 @config_command_options(TrainRun, only=("store", "layer", "layers"))
 @train_options
-@config_command_options(TrainRun, only=("out", "resume", "overwrite"))
+@config_command_options(TrainRun, only=("out", "resume", "overwrite", "trust_store", "allow_partial_store"))
 def train(**options) -> None:
     """Train a sparse autoencoder on each layer of an activation store."""
     run_training(options)

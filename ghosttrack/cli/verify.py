@@ -12,16 +12,20 @@ from ghosttrack.store.errors import StoreError
 @click.command()
 @config_command_options(VerifyRun)
 def verify(**options) -> None:
-    """Check every committed chunk of STORE: present, full size, CRC-32C, finite values.
+    """Check every committed chunk of STORE: present, full size, CRC-32C bound to what the chunk is
+    (array, index, dtype, shape), finite values.
 
     Prints a summary and exits 0 when the store is healthy; lists every damaged chunk and exits 2
     otherwise (repair them with ghosttrack extract ... --resume --repair).
     """
     from ghosttrack.store.reader import REPAIR_COMMAND
-    from ghosttrack.store.verify import verify_store
+    from ghosttrack.store.verify import upgrade_store, verify_store
 
     cfg = from_options(VerifyRun, options)
     store = cfg.store
+    if cfg.upgrade:
+        click.echo(upgrade_store(store, progress=cfg.progress))
+        return
     report = verify_store(store, progress=cfg.progress)
     click.echo(report.summary())
     if not report.healthy:

@@ -18,6 +18,7 @@ from ghosttrack.detect.report import write_results
 from ghosttrack.config_fields import check_fields
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
+from ghosttrack.sae.files import read_cfg
 
 
 @dataclass
@@ -68,7 +69,7 @@ def sae_layers(sae_dirs: list[Path]) -> dict[int, Path]:
     """{layer: SAE folder} from each cfg.json's hook_layer; only resid_post SAEs match what detect reads."""
     found: dict[int, Path] = {}
     for directory in sae_dirs:
-        cfg = json.loads((directory / "cfg.json").read_text())
+        cfg = read_cfg(directory)
         meta = cfg.get("metadata", {})
         layer, hook = meta.get("hook_layer", cfg.get("hook_layer")), meta.get("hook_name", cfg.get("hook_name")) or ""
         if layer is None:

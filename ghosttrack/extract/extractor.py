@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ghosttrack.extract.async_writer import AsyncStoreWriter
+from ghosttrack.extract.config import MAX_CHUNK_TOKENS
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
@@ -29,9 +30,9 @@ from ghosttrack.corpus.packing import batched, pack_with_positions
 from ghosttrack.extract.resume_point import drop_resume_point, read_resume_point, write_resume_point
 from ghosttrack.store.location import as_location, is_remote, upload_folder
 from ghosttrack.store.background import in_background
+from ghosttrack.store.format import budget_problem
 from ghosttrack.store.writer import StoreWriter
 
-MAX_CHUNK_TOKENS = 65_536
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 """--store-dtype: how rows are stored (zarr has no standard bfloat16 data type, so no bf16)."""
 STORE_DTYPE_NAMES = {"fp16": "float16", "fp32": "float32"}
@@ -95,6 +96,8 @@ class ExtractionPlan:
         if self.shard_chunks < 1:
             raise GhostTrackError(f"--shard-chunks must be at least 1, got {self.shard_chunks}")
         self.chunk_tokens *= self.shard_chunks  # the store's chunk (commit unit) is the shard
+        if (problem := budget_problem(self.target_tokens, self.chunk_tokens)) is not None:
+            raise GhostTrackError(problem)
 
     @property
     def sequences_per_chunk(self) -> int:
@@ -186,6 +189,7 @@ class HiddenStateExtractor:
         if first is None:
             raise GhostTrackError(f"corpus {getattr(self.corpus, 'name', '')} gave too little text for even one sequence of "
                                   f"{plan.seq_len} tokens; pass a bigger --corpus, a lower --min-chars or a smaller --seq-len")
+        stop.check()  # each set-up step honours Ctrl-C / SIGTERM when it ends, before the next one starts
 
         def open_writer() -> StoreWriter:
             return StoreWriter.open(
@@ -199,13 +203,20 @@ class HiddenStateExtractor:
         if rank == 0:
             writer = open_writer()
             try:
+                stop.check()
                 self._save_tokenizer()
+                stop.check()
             except BaseException:
                 writer.close(complete=False)
                 raise
         self._wait_for_everyone(world_size)
         if rank != 0:
             writer = open_writer()
+            try:
+                stop.check()
+            except BaseException:
+                writer.close(complete=False)
+                raise
         committed = writer.committed_tokens
         own_target = writer.capacity
         # A complete store (resumed to add nothing) is not tokenized again just to skip its text, nor
@@ -262,8 +273,8 @@ class HiddenStateExtractor:
             sink.close(complete=complete)
         if not is_remote(self.out):
             drop_resume_point(self.out)
-        if written < own_target:
-            tqdm.write(f"corpus ran out: wrote {written:,} of {own_target:,} tokens")
+        # A corpus that ran out before target_tokens leaves a complete store with fewer committed
+        # rows: the store records it that way (ActivationStore.corpus_ran_out), the CLI reports it.
         self._wait_for_everyone(world_size)
         if world_size > 1 and rank == 0:
             StoreWriter.finalize(self.out, world_size)

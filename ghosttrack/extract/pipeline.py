@@ -79,8 +79,19 @@ def run_extraction(config: ExtractConfig | dict, *, command: str = "extract") ->
     if accelerator.is_main_process:
         saved = {k: v for k, v in asdict(cfg).items() if k not in NOT_SAVED}
         save_resolved_config(out, command=command, options=saved)
+        _report_short_corpus(out)
         _say(f"wrote {out}")
     return out
+
+
+def _report_short_corpus(out) -> None:
+    """One line when the corpus ran out before --tokens (the store records it: ghosttrack info shows it)."""
+    from ghosttrack.store.reader import ActivationStore
+
+    store = ActivationStore.open(out, trust=True)
+    if store.corpus_ran_out:
+        _say(f"corpus ran out at {store.n_tokens:,} of {store.attrs['target_tokens']:,} tokens: {out} is "
+             f"complete with {store.n_tokens:,} tokens; pass a bigger --corpus for more")
 
 
 def _repair(extractor, plan, out: Path, batch_size: int, *, progress: bool) -> None:

@@ -307,7 +307,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
-    store = open_store(store_path)
+    store = open_store(store_path, config)  # config is a StoreAccess: --trust-store, --allow-partial-store
     interpreter = FeatureInterpreter(sae, store, layer, config)
     interpreter.run()
     summary = interpreter.summary()

@@ -41,13 +41,14 @@ def check_inputs(sae, store, layer: int) -> None:
                               "cannot be rebuilt; re-extract it with ghosttrack extract")
 
 
-def open_store(path):
-    """ActivationStore.open, with a store that lacks its token-id array named as such."""
+def open_store(path, access=None):
+    """The store for interpret (``stores.open_store_for``: finished, checked unless ``access`` says
+    otherwise), with a store that lacks its token-id array named as such."""
     from ghosttrack.store.errors import StoreError
-    from ghosttrack.store.reader import ActivationStore
+    from ghosttrack.stores import StoreAccess, open_store_for
 
     try:
-        return ActivationStore.open(path)
+        return open_store_for("interpret", path, access or StoreAccess())
     except StoreError:
         if (Path(path) / "zarr.json").is_file() and not (Path(path) / "tokens").exists():
             raise GhostTrackError(f"store {path} has no token ids, so contexts cannot be rebuilt; "

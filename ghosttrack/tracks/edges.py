@@ -115,16 +115,18 @@ def _kept(norms, layer: int, held: HeldOut):
 
 def run_matching(sae_dir: str | Path, out: str | Path, *, store_path: str | Path | None = None, top: int = 8,
                  device: str = "cpu", blocks: BlockSizes = BlockSizes(), batch_size: int = 4096,
-                 progress: bool = True) -> dict[str, Any]:
-    """Match every consecutive pair of layers of `sae_dir`, write OUT/*.parquet and the summary; returns it."""
+                 progress: bool = True, access=None) -> dict[str, Any]:
+    """Match every consecutive pair of layers of `sae_dir`, write OUT/*.parquet and the summary; returns it.
+    `access` (a ``stores.StoreAccess``, e.g. the MatchRun): how --store is read (default: checked,
+    finished stores only)."""
     if top < 1:
         raise GhostTrackError(f"--top must be >= 1, got {top}")
     saes = find_layer_saes(sae_dir)
     store = held = None
     if store_path is not None:
-        from ghosttrack.store.reader import ActivationStore
+        from ghosttrack.stores import StoreAccess, open_store_for
 
-        store = ActivationStore.open(store_path)
+        store = open_store_for("match", store_path, access or StoreAccess())
         check_store(store, saes)
         held = held_out_rows(store, saes)
     out = Path(out)

@@ -1,7 +1,6 @@
 """The per-layer SAEs of a run (`DIR/layer_<i>/`), checked from their cfg.json before any slow work."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +8,7 @@ from typing import Any
 import torch
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.sae.files import read_cfg
 from ghosttrack.sae.folders import layer_sae_dirs
 
 
@@ -57,14 +57,8 @@ def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
     dirs: dict[int, Path] = {}
     cfgs: dict[int, dict[str, Any]] = {}
     for layer, sub in layer_sae_dirs(root).items():
-        cfg_file = sub / "cfg.json"
-        try:
-            cfg = json.loads(cfg_file.read_text())
-            int(cfg["d_in"]), int(cfg["d_sae"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise GhostTrackError(f"{cfg_file} is not a readable SAE config ({exc}); retrain that layer") from exc
+        cfgs[layer] = read_cfg(sub)  # missing, unreadable or malformed: one line naming the file
         dirs[layer] = sub
-        cfgs[layer] = cfg
     if len(dirs) < min_layers:
         found = ", ".join(f"layer_{i}" for i in sorted(dirs)) or "none"
         raise GhostTrackError(f"{root} holds {len(dirs)} layer SAE folder(s) ({found}); tracking needs at least "

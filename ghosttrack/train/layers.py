@@ -18,32 +18,19 @@ from ghosttrack.config_fields import from_options, values_for
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.config import SAEConfig, architecture, make_sae_config
 from ghosttrack.store.errors import StoreError
-from ghosttrack.store.format import LOCK_PREFIX
-from ghosttrack.store.location import as_location
-from ghosttrack.store.lock import live_holder
 from ghosttrack.store.reader import ActivationStore
+from ghosttrack.stores import StoreAccess, open_store_for
 from ghosttrack.train.trainer import FINAL_DIR, SAETrainer, make_accelerator
 from ghosttrack.train.config import SAEShape, TrainerConfig
 
 RUN_FILES = (STATE_FILE, HISTORY_FILE, WEIGHTS_FILE, CFG_FILE, CONFIG_FILENAME)
 # Options that say how to treat existing files, not what is trained: left out of the saved config.
-NOT_SAVED = ("resume", "overwrite", "config")
+NOT_SAVED = ("resume", "overwrite", "config", "trust_store", "allow_partial_store")
 
 
-def open_training_store(path: str | Path) -> ActivationStore:
+def open_training_store(path: str | Path, access: StoreAccess = StoreAccess()) -> ActivationStore:
     """The store, refused (with the fix) while it is being written or when its extraction stopped early."""
-    store = ActivationStore.open(path)
-    if store.complete:
-        return store
-    target = store.attrs.get("target_tokens", "?")
-    for lock in sorted(as_location(path).glob(f"{LOCK_PREFIX}*"), key=str):
-        holder = live_holder(lock)  # asks the OS lock: a killed writer's record or a reused pid is not alive
-        if holder is None:
-            continue
-        raise GhostTrackError(f"store {path} is still being written (pid {holder.get('pid')}, {store.n_tokens:,} of "
-                              f"{target:,} tokens so far); wait for ghosttrack extract to finish, then train")
-    raise GhostTrackError(f"store {path} is incomplete ({store.n_tokens:,} of {target:,} tokens committed; its "
-                          f"extraction was interrupted); finish it with ghosttrack extract ... --resume")
+    return open_store_for("train", path, access)
 
 
 def _prepare_dir(directory: Path, *, resume: bool, overwrite: bool) -> dict | None:
@@ -85,13 +72,32 @@ def train_sae_for_layer(store: ActivationStore, layer: int, sae_cfg: SAEConfig, 
     saved = _prepare_dir(directory, resume=resume, overwrite=overwrite)
     trainer = SAETrainer(store, layer, sae_cfg, cfg, directory, metadata=sae_metadata(store, layer),
                          accelerator=accelerator, progress=progress)
+    clean = {k: v for k, v in (options or {}).items() if k not in NOT_SAVED}
+    created = not directory.exists()
     if trainer.main:
         directory.mkdir(parents=True, exist_ok=True)
         if options is not None:
-            clean = {k: v for k, v in options.items() if k not in NOT_SAVED}
             save_resolved_config(directory, "train", clean)
-            save_resolved_config(directory / FINAL_DIR, "train", clean)
-    return trainer.run(saved)
+    try:
+        summary = trainer.run(saved)
+    except Exception:  # not KeyboardInterrupt: an interrupted run keeps its files to resume from
+        if trainer.main:
+            _remove_unfinished(directory, created)
+        raise
+    if trainer.main and options is not None:  # final/ gets its config only beside its weights
+        save_resolved_config(directory / FINAL_DIR, "train", clean)
+    return summary
+
+
+def _remove_unfinished(directory: Path, created: bool) -> None:
+    """After a failed run with nothing to resume from (no checkpoint, no saved SAE), remove what it wrote
+    (its config.json, history.json) so that nothing looks like a finished run or a resumable one."""
+    if any((directory / name).exists() for name in (STATE_FILE, WEIGHTS_FILE, CFG_FILE)):
+        return  # a checkpoint or a best SAE: --resume continues from it
+    for name in (CONFIG_FILENAME, HISTORY_FILE):
+        (directory / name).unlink(missing_ok=True)
+    if created and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def configs_from_options(options: dict[str, Any], d_model: int) -> tuple[SAEConfig, TrainerConfig]:
@@ -112,7 +118,7 @@ def train_layers(store_path: str | Path, layers: str | list[int], out: str | Pat
     Returns {layer: summary dict, or the exception that stopped that layer}. A failing layer is
     reported on stderr and does not stop the others; Ctrl-C does (after saving a resumable state).
     """
-    store = open_training_store(store_path)
+    store = open_training_store(store_path, StoreAccess(**values_for(StoreAccess, options)))
     wanted = parse_layers(layers)
     wanted = store.layers if wanted == "all" else wanted
     try:

@@ -32,12 +32,12 @@ CASES = [
     ("train", ["--skip-positions", "-1"], "--skip-positions"),
     ("train", ["--device", "0"], "--device '0' is not a device name"),
     ("train", ["--layer", "1", "--layers", "2"], "--layer and --layers disagree"),
-    ("train", ["--out", "s3://bucket/run"], "--out s3://bucket/run: this output is written to a local folder"),
+    ("train", ["--out", "s3://bucket/run"], "--out s3://bucket/run: train writes local folders only"),
     # extract: refused before the model's config is even read.
     ("extract", ["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     ("extract", ["--chunk-tokens", "0"], "--chunk-tokens 0: must be >= 1"),
     ("extract", ["--chunk-tokens", "100"], "--chunk-tokens 100 is not a multiple of --seq-len 128"),
-    ("extract", ["--tokens", "999999G"], "--tokens 999999G is more than one store takes"),
+    ("extract", ["--tokens", "999999G"], "--tokens 999999G: 999,999,000,000,000 tokens is more than a store holds"),
     ("extract", ["--seq-len", "1"], "--seq-len 1: must be >= 2"),
     ("extract", ["--min-chars", "-1"], "--min-chars -1: must be >= 0"),
     ("extract", ["--host-buffer-mb", "0"], "--host-buffer-mb 0: must be >= 1"),
@@ -143,7 +143,7 @@ def test_saved_lists_of_positions_still_read(tmp_path):
     assert "--expansion 0.0: must be > 0" in _one_line_error(result)  # the list passed, the zero did not
 
 
-def test_evaluate_refuses_a_seq_len_beyond_the_model_context_before_loading_it(tiny_gpt2_dir, tmp_path,
+def test_evaluate_refuses_a_seq_len_beyond_the_model_context_before_loading_it(tiny_gpt2_dir, corpus_file, tmp_path,
                                                                                monkeypatch):
     sae = SparseAutoencoder(ReluSAEConfig(d_in=32, d_sae=8), {"hook_layer": 1, "hook_name": "blocks.1.hook_resid_post"})
     sae.save(tmp_path / "sae")
@@ -153,7 +153,8 @@ def test_evaluate_refuses_a_seq_len_beyond_the_model_context_before_loading_it(t
 
     monkeypatch.setattr("ghosttrack.extract.models.load_model", no_load)
     result = CliRunner().invoke(main, ["evaluate", "--sae", str(tmp_path / "sae"), "--model", str(tiny_gpt2_dir),
-                                       "--seq-len", "1000", "--device", "cpu"])
+                                       "--seq-len", "1000", "--device", "cpu",
+                                           "--corpus", str(corpus_file)])  # the corpus is checked first
     assert "--seq-len 1000 is longer than" in _one_line_error(result) and "256 positions" in result.stderr
 
 

@@ -13,7 +13,7 @@ from ghosttrack.store import modes
 from ghosttrack.store.errors import StoreError
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.synthetic import SYNTHETIC_ATTRS, append_synthetic, synthetic_acts, synthetic_rows, write_synthetic_store
-from ghosttrack.store.verify import verify_store
+from ghosttrack.store.verify import upgrade_store, verify_store
 from ghosttrack.store.writer import StoreWriter
 
 LAYERS, D, CT, CTX = [0, 5], 12, 32, 8
@@ -81,11 +81,13 @@ def test_zarr_path_refuses_a_missing_chunk(store_path, tmp_path):
     """Compressed layers go through zarr, which would return the fill value for a missing chunk."""
     gz = tmp_path / "gz"
     g = zarr.open_group(store_path, mode="r")
-    out = zarr.open_group(zarr.storage.LocalStore(gz), mode="w", zarr_format=3, attributes=dict(g.attrs))
+    out = zarr.open_group(zarr.storage.LocalStore(gz), mode="w", zarr_format=3,
+                          attributes={**g.attrs, "format_version": 2})
     for name in fmt.array_names(LAYERS):
         a = g[name]
         out.create_array(name, shape=a.shape, chunks=a.chunks, dtype=a.dtype, fill_value=0,
                          compressors=GzipCodec(level=1) if name.startswith("layers/") else None)[:] = a[:]
+    upgrade_store(gz)  # binds the decoded chunks too
     s = ActivationStore.open(gz)
     assert s.chunk_file(0, 1) is None
     np.testing.assert_array_equal(s.read_chunk(0, 1), synthetic_acts(0, CT, 2 * CT, D).astype(np.float16))
@@ -108,6 +110,8 @@ def test_format_1_store_without_checksums_reads(tmp_path):
         a = g.create_array(name, shape=data.shape, chunks=(CT,) + data.shape[1:], dtype=data.dtype, fill_value=0,
                            compressors=None, chunk_key_encoding=fmt.CHUNK_KEY_ENCODING)
         a[:] = data
+    assert "ghosttrack verify --upgrade" in one_line_error(lambda: ActivationStore.open(v1))
+    upgrade_store(v1)
     s = ActivationStore.open(v1)
     assert not fmt.has_checksum(g["layers/0"]) and chunk(v1, "layers/0", 0).stat().st_size == CT * D * 2
     x = s.read_chunk(5, 2)
@@ -228,7 +232,7 @@ def test_format_1_store_resumes_in_its_own_format(tmp_path, monkeypatch):
     with StoreWriter.open(tmp_path / "v1", mode="resume", **kw) as w:
         append_synthetic(w, w.next_row, N, context_length=CTX)
         w.close(complete=True)
-    s = ActivationStore.open(tmp_path / "v1")
+    s = ActivationStore.open(tmp_path / "v1", trust=True)
     assert s.attrs["format_version"] == 1 and s.complete
     assert {chunk(tmp_path / "v1", "layers/0", c).stat().st_size for c in range(s.n_chunks)} == {CT * D * 2}
     np.testing.assert_array_equal(s.read_rows(0, 0, N), synthetic_acts(0, 0, N, D).astype(np.float16))

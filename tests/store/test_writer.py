@@ -58,7 +58,7 @@ def test_store_contents_and_attrs(tmp_path):
                                  context_length=CTX)
     g = zarr.open_group(path, mode="r")
     a = dict(g.attrs)
-    assert a["format_version"] == 2 and a["layers"] == LAYERS and a["d_model"] == D
+    assert a["format_version"] == 3 and a["layers"] == LAYERS and a["d_model"] == D
     assert a["committed_tokens"] == N and a["complete"] is True and a["dtype"] == "float16"
     assert a["flagged_rows"] == "positions == 0" and a["corpus"] == {"kind": "synthetic"}
     for layer in LAYERS:
@@ -87,7 +87,9 @@ def test_fast_chunk_write_matches_zarr_bytes(tmp_path, reference):
     for name in fmt.array_names(LAYERS):
         g[name].resize((N,) + g[name].shape[1:])
     g.update_attributes({"committed_tokens": N, "complete": True})
-    assert store_files(path) == reference
+    # zarr writes no records of bound checksums (binding.py; the writer creates that array): every
+    # other file is the same bytes
+    assert store_files(path) == {k: v for k, v in reference.items() if not k.startswith("checksums/")}
 
 
 def test_commits_whole_chunks_and_close_false_drops_buffer(tmp_path):

@@ -43,3 +43,20 @@ def test_pre_encoder_bias_trains_and_the_saved_sae_is_the_trained_one(tmp_path, 
         want = cfg.lr * lr_factor(entry["step"], trainer.total_steps, "constant-decay",
                                   warmup_fraction=cfg.warmup_fraction, decay_fraction=0.25)
         assert entry["lr"] == pytest.approx(want)
+
+
+def test_a_failed_run_leaves_nothing_that_looks_finished(tmp_path, store_info):
+    """--lr inf fails within a few steps: no config.json for final/ (nor a final/ folder), and the layer
+    folder is gone, so neither interpret nor --resume takes the failed run for a finished one."""
+    from click.testing import CliRunner
+
+    from ghosttrack.cli import main
+
+    store, _ = store_info
+    out = tmp_path / "sae"
+    result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--layer", "0", "--out", str(out),
+                                       "--lr", "inf", "--batch-size", "256", "--device", "cpu", "--expansion", "2"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not (out / "layer_0" / "final").exists() and not (out / "layer_0" / "config.json").exists()
+    assert not (out / "layer_0").exists()
