@@ -54,11 +54,13 @@ def resolve_device(device: str | None) -> str:
     of the commands that run on one device: interpret, evaluate, match, track)."""
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)  # one line, before any work, when this machine lacks it
     return device
 
 
-def check_device(device: str | None) -> None:
-    """--device names a device this machine has (auto, cpu, cuda or cuda:N); GhostTrackError otherwise."""
+def check_device_name(device: str | None) -> None:
+    """--device is a device name (auto, cpu, cuda or cuda:N); GhostTrackError otherwise. Whether this
+    machine has it is checked where the run starts (check_device), so a config may name another machine's."""
     from ghosttrack.errors import GhostTrackError
 
     if device in (None, "auto", "cpu"):
@@ -66,12 +68,22 @@ def check_device(device: str | None) -> None:
     try:
         wanted = torch.device(device)
     except (RuntimeError, TypeError):
-        raise GhostTrackError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise GhostTrackError(f"--device {device} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if wanted.type not in ("cpu", "cuda"):
+        raise GhostTrackError(f"--device {device} is not supported; use auto, cpu or cuda[:N]")
+
+
+def check_device(device: str | None) -> None:
+    """--device names a device this machine has (auto, cpu, cuda or cuda:N); GhostTrackError otherwise."""
+    from ghosttrack.errors import GhostTrackError
+
+    check_device_name(device)
+    if device in (None, "auto", "cpu"):
+        return
+    wanted = torch.device(device)
     if wanted.type == "cuda":
         if not torch.cuda.is_available():
             raise GhostTrackError(f"--device {device} was asked for but no CUDA device is visible; use --device cpu")
         if wanted.index is not None and wanted.index >= torch.cuda.device_count():
             raise GhostTrackError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                                   f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif wanted.type != "cpu":
-        raise GhostTrackError(f"--device {device} is not supported; use auto, cpu or cuda[:N]")

@@ -25,14 +25,15 @@ class ModelSource:
     """GGUF file name inside --model's directory (or a path to one)."""
 
 
-def check_device(device: str | None) -> None:
-    """The device check of every `--device` (precision.check_device, imported when used: it needs torch)."""
-    from ghosttrack.precision import check_device as check
+def check_device_name(device: str | None) -> None:
+    """The check of every `--device` field: a device name (precision.check_device_name, imported when
+    used: it needs torch); whether this machine has it is checked where the run starts."""
+    from ghosttrack.precision import check_device_name as check
 
     check(device)
 
 
-DEVICE = {"check": check_device}
+DEVICE = {"check": check_device_name}
 """Metadata of every `device` field (a command that redeclares the field keeps the check)."""
 
 

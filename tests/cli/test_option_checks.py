@@ -30,7 +30,8 @@ CASES = [
     ("train", ["--l1", "nan"], "--l1 nan: must be a finite number"),
     ("train", ["--arch", "topk", "--aux-coeff", "inf"], "--aux-coeff inf: must be a finite number"),
     ("train", ["--skip-positions", "-1"], "--skip-positions"),
-    ("train", ["--device", "0"], "--device '0' is not a device name"),
+    ("train", ["--device", "0"], "--device 0 is not a device name"),
+    ("interpret", ["--device", "tpu"], "--device tpu is not a device name"),
     ("train", ["--layer", "1", "--layers", "2"], "--layer and --layers disagree"),
     ("train", ["--out", "s3://bucket/run"], "--out s3://bucket/run: train writes local folders only"),
     # extract: refused before the model's config is even read.
@@ -153,8 +154,7 @@ def test_evaluate_refuses_a_seq_len_beyond_the_model_context_before_loading_it(t
 
     monkeypatch.setattr("ghosttrack.extract.models.load_model", no_load)
     result = CliRunner().invoke(main, ["evaluate", "--sae", str(tmp_path / "sae"), "--model", str(tiny_gpt2_dir),
-                                       "--seq-len", "1000", "--device", "cpu",
-                                           "--corpus", str(corpus_file)])  # the corpus is checked first
+                                       "--corpus", str(corpus_file), "--seq-len", "1000", "--device", "cpu"])
     assert "--seq-len 1000 is longer than" in _one_line_error(result) and "256 positions" in result.stderr
 
 
@@ -178,3 +178,15 @@ def test_interpret_takes_train_s_position_0_flag_and_its_old_spelling(flag, skip
     params = interpret.make_context("interpret", list(args)).params
     assert from_options(InterpretRun, params).skip_flagged is skip
     assert "--include-flagged" not in interpret.get_help(interpret.make_context("interpret", list(args)))
+
+
+def test_a_device_this_machine_lacks_is_refused_when_the_run_starts(monkeypatch, tmp_path):
+    """A config may name another machine's device; the command on this one refuses it in one line."""
+    from ghosttrack.precision import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrainerConfig(device="cuda:1").device == "cuda:1"
+    assert resolve_device(None) == "cpu"
+    result = CliRunner().invoke(main, ["match", "--sae", str(tmp_path), "--out", str(tmp_path / "out"),
+                                       "--device", "cuda"])
+    assert "no CUDA device is visible" in _one_line_error(result)
