@@ -113,3 +113,42 @@ def unbound_refusal(path, version) -> str:
     return (f"store {path} (format {version}) was written before chunk checksums named their chunk, so a "
             f"swapped or retyped chunk would read as valid; run {UPGRADE_COMMAND} {path} once (it checks every "
             f"chunk first), or pass {TRUST_FLAG} to read it unchecked")
+
+
+class ChunkChecks:
+    """The checks of a chunk's bytes, as ``ActivationStore`` runs them on read and ``verify.py`` on
+    every chunk (needs the store's ``path``, ``_arrays``, ``_records``, ``_record_of``, ``_file_size``,
+    ``chunk_tokens``, ``store_dtype`` and ``bound``)."""
+
+    def decoded_crc(self, name: str, rows: np.ndarray) -> int:
+        """CRC-32C of a decoded chunk's bytes as the writer wrote them: its rows, padded with the fill
+        value (0) to a whole chunk, little-endian."""
+        array = self._arrays[name]
+        full = np.zeros((self.chunk_tokens,) + array.shape[1:], array.dtype.newbyteorder("<"))
+        full[: len(rows)] = rows
+        return data_crc(full)
+
+    def bound_problem(self, name: str, c: int, data_crc: int, where) -> str | None:
+        """What is wrong with chunk ``c`` of ``name`` given the CRC-32C of its data bytes (None:
+        nothing): its record's bound checksum must match that CRC extended by what the chunk is."""
+        if c not in self._record_of:
+            self._record_of[c] = read_record(self.path, self._records, c)
+        record = self._record_of[c]
+        if isinstance(record, str):
+            return record
+        array = self._arrays[name]
+        head = header(name, c, array.dtype, array.shards or array.chunks, self.store_dtype)
+        if record.get(name) != bind(data_crc, head):
+            return mismatch(name, c, where)
+        return None
+
+    def bytes_problem(self, name: str, c: int, raw: np.ndarray, where) -> str | None:
+        """What is wrong with the bytes ``raw`` (uint8, read-only) of plain chunk file ``c`` of
+        ``name`` (None: nothing): its size, its CRC-32C trailer, its bound checksum (format 3)."""
+        array = self._arrays[name]
+        if len(raw) != self._file_size[name]:
+            return f"holds {len(raw)} bytes, expected {self._file_size[name]} ({where})"
+        crc = google_crc32c.value(raw[: fmt.chunk_nbytes(array)])
+        if fmt.has_checksum(array) and crc != int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0]):
+            return f"fails its CRC-32C checksum (its bytes changed after they were written; {where})"
+        return self.bound_problem(name, c, crc, where) if self.bound else None

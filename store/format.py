@@ -83,6 +83,24 @@ def budget_problem(target_tokens: int, chunk_tokens: int) -> str | None:
     return None
 
 
+def _positive_int(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def bad_attributes(attrs: dict[str, Any]) -> str | None:
+    """A description of the attributes no writer writes (None: they are well-formed)."""
+    layers = attrs["layers"]
+    if not isinstance(layers, list) or not layers or not all(type(i) is int and i >= 0 for i in layers) \
+            or len(set(layers)) != len(layers):
+        return f"layers={layers!r}"
+    for key in ("d_model", "chunk_tokens", "context_length"):
+        if not _positive_int(attrs[key]):
+            return f"{key}={attrs[key]!r}"
+    if "target_tokens" in attrs and not _positive_int(attrs["target_tokens"]):
+        return f"target_tokens={attrs['target_tokens']!r}"
+    return None
+
+
 def layer_array(layer: int) -> str:
     """Name of the array that holds one layer's activations."""
     return f"layers/{layer}"

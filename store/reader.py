@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 
@@ -63,25 +62,7 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _positive_int(value) -> bool:
-    return type(value) is int and value > 0
-
-
-def _bad_attributes(attrs: dict[str, Any]) -> str | None:
-    """A description of the attributes no writer writes (None: they are well-formed)."""
-    layers = attrs["layers"]
-    if not isinstance(layers, list) or not layers or not all(type(i) is int and i >= 0 for i in layers) \
-            or len(set(layers)) != len(layers):
-        return f"layers={layers!r}"
-    for key in ("d_model", "chunk_tokens", "context_length"):
-        if not _positive_int(attrs[key]):
-            return f"{key}={attrs[key]!r}"
-    if "target_tokens" in attrs and not _positive_int(attrs["target_tokens"]):
-        return f"target_tokens={attrs['target_tokens']!r}"
-    return None
-
-
-class ActivationStore:
+class ActivationStore(binding.ChunkChecks):
     """A GhostTrack activation store opened for reading (see ``format.py`` for the layout)."""
 
     def __init__(self, path: Location, group: zarr.Group, attrs: dict[str, Any], *, trust: bool = False):
@@ -147,7 +128,7 @@ class ActivationStore:
         if missing_keys:
             raise StoreError(f"store {path} is damaged: its attributes lack {missing_keys}; "
                              "re-extract with --overwrite")
-        bad = _bad_attributes(attrs)
+        bad = fmt.bad_attributes(attrs)
         if bad:
             raise StoreError(f"store {path} is damaged: its attributes hold {bad}; re-extract with --overwrite")
         check_commit_record(path, attrs)
@@ -297,41 +278,6 @@ class ActivationStore:
                 raise damaged_chunk(self.path, name, c, problem)
             self._checked.add((name, c))
         return rows
-
-    # ---------------------------------------------------------------- checksums
-
-    def decoded_crc(self, name: str, rows: np.ndarray) -> int:
-        """CRC-32C of a decoded chunk's bytes as the writer wrote them: its rows, padded with the fill
-        value (0) to a whole chunk, little-endian."""
-        array = self._arrays[name]
-        full = np.zeros((self.chunk_tokens,) + array.shape[1:], array.dtype.newbyteorder("<"))
-        full[: len(rows)] = rows
-        return binding.data_crc(full)
-
-    def bound_problem(self, name: str, c: int, data_crc: int, where) -> str | None:
-        """What is wrong with chunk ``c`` of ``name`` given the CRC-32C of its data bytes (None:
-        nothing): its record's bound checksum must match that CRC extended by what the chunk is."""
-        if c not in self._record_of:
-            self._record_of[c] = binding.read_record(self.path, self._records, c)
-        record = self._record_of[c]
-        if isinstance(record, str):
-            return record
-        array = self._arrays[name]
-        head = binding.header(name, c, array.dtype, array.shards or array.chunks, self.store_dtype)
-        if record.get(name) != binding.bind(data_crc, head):
-            return binding.mismatch(name, c, where)
-        return None
-
-    def bytes_problem(self, name: str, c: int, raw: np.ndarray, where) -> str | None:
-        """What is wrong with the bytes ``raw`` (uint8, read-only) of plain chunk file ``c`` of
-        ``name`` (None: nothing): its size, its CRC-32C trailer, its bound checksum (format 3)."""
-        array = self._arrays[name]
-        if len(raw) != self._file_size[name]:
-            return f"holds {len(raw)} bytes, expected {self._file_size[name]} ({where})"
-        crc = google_crc32c.value(raw[: fmt.chunk_nbytes(array)])
-        if fmt.has_checksum(array) and crc != int(raw[-fmt.CHECKSUM_BYTES:].view("<u4")[0]):
-            return f"fails its CRC-32C checksum (its bytes changed after they were written; {where})"
-        return self.bound_problem(name, c, crc, where) if self.bound else None
 
     def fetch_ahead(self, name: str, c: int) -> None:
         """Object store: start the GET of chunk ``c`` of array ``name`` in the background."""

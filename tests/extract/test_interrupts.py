@@ -123,14 +123,17 @@ def test_stops_at_random_points_end_quickly_and_resume_to_identical_bytes(loaded
         assert result == "done" or isinstance(result, Interrupted), (trial, where, result)
         assert not late, f"trial {trial}: a forward pass started after the stop ({where})"
         outcomes.append(result == "done")
-        # At a commit: whole chunks only, no temporary files, the committed rows are the reference's.
-        store = ActivationStore.open(out)
-        assert store.complete or store.n_tokens % PLAN["chunk_tokens"] == 0, (trial, store.n_tokens)
-        assert not list(out.rglob("*.partial")), trial
-        ref = ActivationStore.open(reference)
-        for layer in PLAN["layers"]:
-            np.testing.assert_array_equal(store.read_rows(layer, 0, store.n_tokens),
-                                          ref.read_rows(layer, 0, store.n_tokens))
+        if out.exists():
+            # At a commit: whole chunks only, no temporary files, the committed rows are the reference's.
+            store = ActivationStore.open(out)
+            assert store.complete or store.n_tokens % PLAN["chunk_tokens"] == 0, (trial, store.n_tokens)
+            assert not list(out.rglob("*.partial")), trial
+            ref = ActivationStore.open(reference)
+            for layer in PLAN["layers"]:
+                np.testing.assert_array_equal(store.read_rows(layer, 0, store.n_tokens),
+                                              ref.read_rows(layer, 0, store.n_tokens))
+        else:  # stopped while the first sequence was tokenized: set-up ended before any store was made
+            assert isinstance(result, Interrupted) and where == "corpus", (trial, where, result)
         # The lock was released: --resume finishes it to the uninterrupted bytes.
         result = _run_bounded(lambda: HiddenStateExtractor(loaded, corpus, out).extract(
             ExtractionPlan(**PLAN), batch_size=BATCH, mode="resume", progress=False))
