@@ -89,13 +89,17 @@ lock: $(STAMP)
 	{ sed -n '/^#/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ghosttrack' \
 	  | sed 's/+cpu$$//'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
+# Runs a demo stage and prints its wall time: $(TIMED) <stage name> <command ...>
+TIMED = bash -c 's=$$(date +%s%N); "$${@:2}"; rc=$$?; ms=$$(( ($$(date +%s%N) - s) / 1000000 )); \
+  echo "[time] $$1: $$((ms / 1000)).$$((ms % 1000 / 100)) s"; exit $$rc' _
+
 demo: $(STAMP) $(ASSETS)/.fetched
-	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
+	HF_HUB_OFFLINE=1 $(TIMED) extract $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
 	  --layers 6,15 --tokens 20k --seq-len 128 --batch-size 16 --out $(RUN)/store --resume
 	$(BIN)/ghosttrack info $(RUN)/store
-	$(BIN)/ghosttrack train --store $(RUN)/store --layer 15 --arch topk --k 32 --expansion 8 \
+	$(TIMED) train $(BIN)/ghosttrack train --store $(RUN)/store --layer 15 --arch topk --k 32 --expansion 8 \
 	  --batch-size 1024 --epochs 8 --out $(RUN)/sae --overwrite
-	$(BIN)/ghosttrack interpret --store $(RUN)/store --sae $(RUN)/sae/layer_15 --top-k 20 \
+	$(TIMED) interpret $(BIN)/ghosttrack interpret --store $(RUN)/store --sae $(RUN)/sae/layer_15 --top-k 20 \
 	  --model $(GGUF) --out $(RUN)/interp --show 0,1,2
 	@echo "open file://$(abspath $(RUN))/interp/layer_15/index.html in a browser"
 
@@ -107,14 +111,14 @@ TRACKS_TEXT   := The Eiffel Tower is a wrought-iron tower in Paris, the capital 
 
 .PHONY: demo-tracks
 demo-tracks: $(STAMP) $(ASSETS)/.fetched
-	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
+	HF_HUB_OFFLINE=1 $(TIMED) extract $(BIN)/ghosttrack extract --model $(GGUF) --corpus $(WIKI) \
 	  --layers $(TRACKS_LAYERS) --tokens 40k --seq-len 128 --batch-size 16 --out $(TRACKS_RUN)/store --resume
-	$(BIN)/ghosttrack train --store $(TRACKS_RUN)/store --layers $(TRACKS_LAYERS) --arch topk --k 16 \
+	$(TIMED) train $(BIN)/ghosttrack train --store $(TRACKS_RUN)/store --layers $(TRACKS_LAYERS) --arch topk --k 16 \
 	  --expansion 4 --batch-size 1024 --epochs 6 --out $(TRACKS_RUN)/sae --overwrite
-	$(BIN)/ghosttrack match --sae $(TRACKS_RUN)/sae --store $(TRACKS_RUN)/store --top 8 --out $(TRACKS_RUN)/matches
-	$(BIN)/ghosttrack interpret --store $(TRACKS_RUN)/store --sae $(TRACKS_RUN)/sae --top-k 10 \
+	$(TIMED) match $(BIN)/ghosttrack match --sae $(TRACKS_RUN)/sae --store $(TRACKS_RUN)/store --top 8 --out $(TRACKS_RUN)/matches
+	$(TIMED) interpret $(BIN)/ghosttrack interpret --store $(TRACKS_RUN)/store --sae $(TRACKS_RUN)/sae --top-k 10 \
 	  --out $(TRACKS_RUN)/interp
-	HF_HUB_OFFLINE=1 $(BIN)/ghosttrack track --model $(GGUF) --sae $(TRACKS_RUN)/sae \
+	HF_HUB_OFFLINE=1 $(TIMED) track $(BIN)/ghosttrack track --model $(GGUF) --sae $(TRACKS_RUN)/sae \
 	  --matches $(TRACKS_RUN)/matches --interp $(TRACKS_RUN)/interp --text "$(TRACKS_TEXT)" --out $(TRACKS_RUN)/tracks
 	@echo "open file://$(abspath $(TRACKS_RUN))/tracks/index.html in a browser"
 

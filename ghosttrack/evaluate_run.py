@@ -44,7 +44,6 @@ class EvaluateRun(EvalConfig, ModelDtype, DevicePlacement, CorpusConfig, ModelSo
     def __post_init__(self) -> None:
         # Absent and 0 differ here: absent is the SAE's own rule, 0 is no limit.
         self.ratio_given = self.max_norm_ratio is not None
-        check_local_output("--out", self.out, "evaluate")
         super().__post_init__()
         CorpusConfig.__post_init__(self)
         if self.skip_tokens != "auto":
@@ -52,6 +51,7 @@ class EvaluateRun(EvalConfig, ModelDtype, DevicePlacement, CorpusConfig, ModelSo
                 parse_token_count(self.skip_tokens)
             except GhostTrackError as exc:
                 raise ConfigError(f"--skip-tokens: {exc} (or auto)") from None
+        check_local_output("--out", self.out)
         if self.sae_path is not None and not Path(self.sae_path).is_dir():
             raise ConfigError(f"--sae {self.sae_path}: no such folder; pass the folder ghosttrack train wrote")
 

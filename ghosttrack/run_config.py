@@ -109,6 +109,17 @@ class StoreArgument:
 
 
 @dataclass
+class StoreAccess:
+    """How a command reads its activation store."""
+
+    trust_store: bool = False
+    """Read chunks without checking their checksums (a store you vouch for; also reads stores written
+    before bound checksums without ghosttrack verify --upgrade)."""
+    allow_partial_store: bool = False
+    """Read the committed rows of a store that is still being written or whose extraction stopped early."""
+
+
+@dataclass
 class VerifyRun(StoreArgument):
     """`ghosttrack verify STORE`."""
 
@@ -119,17 +130,15 @@ class VerifyRun(StoreArgument):
     index, dtype and shape so that reads accept it."""
 
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
-
-
-def check_local_output(flag: str, value: str | None, command: str | None = None) -> None:
-    """Outputs written to local folders (SAEs, reports, edge lists, caches): a URL there would otherwise
-    become a local folder named 's3:'. One line, exit 2, before any work. Only `extract --out` writes
-    to object stores (its store location parses the URL itself). A Windows drive (C:\\) is a path."""
-    m = _URL.match(str(value)) if value is not None else None
-    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):
-        raise GhostTrackError(f"{flag} {value}: {command or 'this command'} writes local folders only; "
-                              "pass a local path")
+def check_local_output(flag: str, value: str | None) -> None:
+    """Outputs written to a local folder (SAEs, reports): a store URL there would otherwise become a
+    local folder named 's3:'. One line, exit 2, before any work."""
+    # Judged from the text alone (any scheme://, and s3:/bucket without its //), so that neither a
+    # missing s3fs nor an unknown scheme gets in the way of the refusal.
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?", str(value)) if value is not None else None
+    if m is not None and not (len(m.group(1)) == 1 and not m.group(2)):  # not C:\ on Windows
+        raise GhostTrackError(f"{flag} {value}: this output is written to a local folder, not to object storage "
+                              "(only activation stores go there: extract --out, --store); pass a local path")
 
 
 def save_resolved_config(directory: str | Path, command: str, options: dict[str, Any]) -> Path:

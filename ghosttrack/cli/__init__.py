@@ -115,6 +115,5 @@ def info(**options) -> None:
     """Print a store's model, layers, tokens, size on disk and chunking."""
     from ghosttrack.store.reader import ActivationStore
 
-    # reads no chunk, so a store that needs `verify --upgrade` is still described
-    click.echo(ActivationStore.open(from_options(StoreArgument, options).store, trust=True).summary())
+    click.echo(ActivationStore.open(from_options(StoreArgument, options).store, trust=True).summary())  # no chunk read
 

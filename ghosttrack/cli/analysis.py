@@ -43,7 +43,7 @@ def interpret(**options) -> None:
     for directory in dirs:
         check_layer_agreement(read_cfg(directory), config.layer, store_hook,
                               sae=str(directory), allow_mismatch=config.allow_layer_mismatch)
-        summary = analyze_sae(directory, config.store, config.out, layer=config.layer, config=config)
+        summary = analyze_sae(directory, config.store, config.out, layer=config.layer, config=config, access=config)
         layer_dir = Path(summary["files"]["features"]).parent
         save_resolved_config(layer_dir, "interpret", {**options, "sae_path": str(directory)})
         n = summary["d_sae"]

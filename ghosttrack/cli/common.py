@@ -101,10 +101,8 @@ def _config_value(path: str, param: click.Parameter, value: Any) -> Any:
 
 
 def local_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of an output option that writes local files where no config dataclass checks it (run's
-    --out): run_config.check_local_output, the one URL rule, naming the command."""
-    command = ctx.command.name if ctx is not None and ctx.command is not None else None
-    check_local_output(param.opts[0], value, command)
+    """Callback of --out options that write local files (see run_config.check_local_output)."""
+    check_local_output(param.opts[0], value)
     return value
 
 

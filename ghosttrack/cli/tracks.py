@@ -43,7 +43,7 @@ def track(**options) -> None:
     """Track one text's SAE latents from layer to layer: births, continuations, splits, merges, deaths."""
     from ghosttrack.tracks.pipeline import TrackingPipeline
     from ghosttrack.tracks.stats import token_statistics
-    from ghosttrack.tracks.view import browser_links, write_outputs
+    from ghosttrack.tracks.view import browser_links, latent_labels, write_outputs
 
     cfg = from_options(TrackRun, options)
     text = cfg.read_text()
@@ -56,7 +56,8 @@ def track(**options) -> None:
     tracked = pipe.track_text(text)
     meta = {"model": pipe.loaded.name, "sae": str(saes.root), "matches": str(matches), "text": text,
             "min_score": pipe.tracker.min_score, "min_activation": min_activation}
-    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=cfg.shown)
+    page = write_outputs(out, tracked.result, tracked.token_ids, tracked.pieces, meta=meta, links=links, shown=cfg.shown,
+                         labels=latent_labels(cfg.interp, saes.layers), edge_score=pipe.tracker.edge_score)
     stats = token_statistics(tracked.result)
     r = tracked.result
     click.echo(f"{r.n_tokens} tokens, layers {', '.join(map(str, r.layers))}: {r.n_tracks:,} tracks, "

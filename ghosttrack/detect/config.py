@@ -35,9 +35,9 @@ class DetectRun(DetectConfig):
     """Layers the residual probe chooses among (inside the training folds): 0-29, 0,6,11 or all."""
 
     def __post_init__(self) -> None:
-        for flag, value in (("--out", self.out), ("--cache", self.cache)):
-            check_local_output(flag, value, "detect")
         super().__post_init__()
+        for flag, value in (("--out", self.out), ("--cache", self.cache)):
+            check_local_output(flag, value)
         for flag, value in (("--sae", self.sae_path), ("--matches", self.matches)):
             if value is not None and not Path(value).is_dir():
                 raise ConfigError(f"{flag} {value}: no such folder")

@@ -17,8 +17,8 @@ from ghosttrack.detect.methods import build_methods
 from ghosttrack.detect.report import write_results
 from ghosttrack.config_fields import check_fields
 from ghosttrack.errors import GhostTrackError
-from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
 from ghosttrack.sae.files import read_cfg
+from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
 
 
 @dataclass

@@ -83,7 +83,7 @@ class ExtractConfig(ModelDtype, DevicePlacement, CorpusConfig, ModelSource):
 
         chunk = (self.chunk_tokens or MAX_CHUNK_TOKENS) * self.shard_chunks
         if (problem := budget_problem(self.target_tokens, chunk)) is not None:
-            raise ConfigError(f"--tokens {self.tokens}: {problem}")
+            raise ConfigError(f"--tokens {self.tokens} is more than one store takes: {problem}")
         parse_layers(self.layers)  # the syntax; which layers exist is known once the model's shape is read
         if self.model is not None and not str(self.model).strip():
             raise ConfigError("--model is empty; pass a hub id, a model directory or a .gguf file")

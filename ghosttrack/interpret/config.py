@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, check_local_output
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, StoreAccess, check_local_output
 from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
-from ghosttrack.stores import StoreAccess
 
 FORMATS = ("auto", "json", "jsonl")
 SKIP_POSITIONS_HELP = ("Sequence positions left out besides position 0, e.g. 1 or 0,1 (tokens after an attention "
@@ -17,9 +16,8 @@ SKIP_POSITIONS_HELP = ("Sequence positions left out besides position 0, e.g. 1 o
 
 
 @dataclass
-class InterpretConfig(StoreAccess, DevicePlacement, ModelSource):
-    """How one layer is interpreted (and how its store is read: checked, finished stores only, unless
-    trust_store / allow_partial_store say otherwise)."""
+class InterpretConfig(DevicePlacement, ModelSource):
+    """How one layer is interpreted."""
 
     top_k: int = field(default=20, metadata={"min": 1})
     """Top-activating examples kept per feature."""
@@ -82,7 +80,7 @@ class InterpretConfig(StoreAccess, DevicePlacement, ModelSource):
 
 
 @dataclass
-class InterpretRun(InterpretConfig):
+class InterpretRun(InterpretConfig, StoreAccess):
     """`ghosttrack interpret`: which SAE(s) over which store, written where."""
 
     store: str | None = field(default=None, metadata={"required": True})
@@ -101,8 +99,8 @@ class InterpretRun(InterpretConfig):
     """Read --layer (or a store hook) other than the one the SAE was trained on, on purpose."""
 
     def __post_init__(self) -> None:
-        check_local_output("--out", self.out, "interpret")
         super().__post_init__()
+        check_local_output("--out", self.out)
         if self.sae_path is not None and not Path(self.sae_path).is_dir():
             raise ConfigError(f"--sae {self.sae_path}: no such folder; pass the folder ghosttrack train wrote")
         self.feature_ids  # noqa: B018 - its syntax, checked before any work

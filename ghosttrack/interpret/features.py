@@ -47,7 +47,8 @@ class _Pages:
     bands: list[list[dict]]
     """Per feature, its quantile bands (quantiles.quantile_examples)."""
     neighbors: tuple[np.ndarray, np.ndarray] | None
-    logits: tuple[np.ndarray, ...] | None
+    logits: Any | None
+    """unembed.LogitEffects, given --model."""
 
 
 def _rounded(values: np.ndarray) -> list[float | None]:
@@ -246,10 +247,7 @@ class FeatureInterpreter:
                 ids, cos = pages.neighbors
                 record["neighbors"] = [[int(i), round(float(c), 4)] for i, c in zip(ids[f], cos[f])]
             if pages.logits is not None:
-                up_ids, up_vals, down_ids, down_vals = (a[f] for a in pages.logits)
-                record["logits"] = {
-                    "promoted": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(up_ids), up_vals)],
-                    "suppressed": [[t, round(float(v), 4)] for t, v in zip(self.decoder.pieces(down_ids), down_vals)]}
+                record["logits"] = pages.logits.record(f, self.decoder.pieces)
             records.append(record)
         return records
 
@@ -296,7 +294,7 @@ class FeatureInterpreter:
 
 
 def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *, layer: int | None = None,
-                config: InterpretConfig | None = None) -> dict[str, Any]:
+                config: InterpretConfig | None = None, access=None) -> dict[str, Any]:
     """Interpret the SAE in `sae_path` on its layer of the store; write everything under out/layer_<i>/.
 
     Records are built and written a block of features at a time, so a large dictionary never
@@ -307,7 +305,7 @@ def analyze_sae(sae_path: str | Path, store_path: str | Path, out: str | Path, *
 
     config = config or InterpretConfig()
     sae = load_sae(sae_path, device=config.device)
-    store = open_store(store_path, config)  # config is a StoreAccess: --trust-store, --allow-partial-store
+    store = open_store(store_path, access)  # access: a run_config.StoreAccess (default: checked, finished)
     interpreter = FeatureInterpreter(sae, store, layer, config)
     interpreter.run()
     summary = interpreter.summary()

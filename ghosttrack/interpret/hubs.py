@@ -9,6 +9,13 @@ with the highest max activation (what the sorted table shows first: there one ro
 held 12 of the top 50 on SmolLM2 layer 15, while being the top example of only 0.35% of all
 features). These rows are reported, never dropped silently: the documented remedy is
 `--skip-positions` (saved with the SAE, applied to training, interpretation and evaluation).
+
+A position is *listed* when it holds more top examples than chance gives; it is *suggested* for
+`--skip-positions` only when it holds more than SINK_RATIO x its fair share, by a one-sided
+binomial test (H0: share <= SINK_RATIO x fair share) at SINK_ALPHA after a Bonferroni correction
+over the positions tested. A sink holds tens of times its share (position 1 on SmolLM2 layer 15:
+24% of the strongest features' top examples against 0.8%); a position at 1.8x its share (1.4%
+against 0.79%) is real but is no sink, and skipping it would only throw rows away.
 """
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ MIN_FEATURES = 3
 """A row or position is reported only when it is the top example of at least this many features ..."""
 CHANCE = 0.01
 """... and when fewer than this many rows (positions) of the layer would reach its count by chance."""
+SINK_RATIO = 4.0
+"""A position is suggested for --skip-positions only above this multiple of its fair share ..."""
+SINK_ALPHA = 0.01
+"""... at this significance (one-sided binomial test, Bonferroni over the positions tested)."""
 
 
 def _unlikely(count: np.ndarray, n_features: int, n_cells: int) -> np.ndarray:
@@ -67,7 +78,9 @@ def peak_positions(top_rows_H: np.ndarray, max_values_H: np.ndarray, positions: 
     """Sequence positions holding far more of the features' top examples than their share of the rows.
 
     The fair share of a position is its share of the rows the pass read (`kept_positions`); checked
-    for all live features ("all") and for the TOP_BY_MAX strongest ("top_by_max").
+    for all live features ("all") and for the TOP_BY_MAX strongest ("top_by_max"). Each entry also
+    holds `sink_p`, the Bonferroni-corrected p-value of "more than SINK_RATIO x the fair share",
+    and `suggest`: whether that is below SINK_ALPHA (see the module docstring).
     """
     live = top_rows_H >= 0
     if not live.any() or len(kept_positions) == 0:
@@ -79,10 +92,14 @@ def peak_positions(top_rows_H: np.ndarray, max_values_H: np.ndarray, positions: 
         pos, counts = np.unique(positions[top_rows_H[feats]], return_counts=True)
         expected = np.array([fair.get(p, 0.0) for p in pos.tolist()])
         tail = binom.sf(counts - 1, len(feats), expected)  # P(at least this many by chance)
-        for p, c, e, t in zip(pos.tolist(), counts.tolist(), expected.tolist(), tail.tolist()):
-            if c >= MIN_FEATURES and t * len(all_pos) < CHANCE and p not in out:
+        sink_tail = binom.sf(counts - 1, len(feats), np.minimum(1.0, SINK_RATIO * expected))
+        for p, c, e, t, st in zip(pos.tolist(), counts.tolist(), expected.tolist(), tail.tolist(), sink_tail.tolist()):
+            suggest = bool(c >= MIN_FEATURES and st * len(all_pos) < SINK_ALPHA)
+            # One entry per position: the first scope that lists it, unless only the other suggests it.
+            if c >= MIN_FEATURES and t * len(all_pos) < CHANCE and (p not in out or suggest and not out[p]["suggest"]):
                 out[p] = {"position": int(p), "scope": scope, "features": int(c), "of": len(feats),
-                          "share": c / len(feats), "expected_share": e}
+                          "share": c / len(feats), "expected_share": e,
+                          "sink_p": min(1.0, st * len(all_pos)), "suggest": suggest}
     return sorted(out.values(), key=lambda d: -d["share"] / max(d["expected_share"], 1e-12))
 
 
@@ -96,11 +113,16 @@ def peak_hint(rows: list[dict], positions: list[dict]) -> str | None:
         strongest = f", {r['top_by_max']} of the {TOP_BY_MAX} with the highest max activation" if r["top_by_max"] else ""
         parts.append(f"{len(rows)} row(s) are the top example of far more features than chance gives "
                      f"(row {r['row']}: {r['features']} features{strongest})")
-    if positions:
-        p = positions[0]
-        which = f"the {p['of']} strongest features'" if p["scope"] == "top_by_max" else "the features'"
-        parts.append(f"position {p['position']} holds {p['share']:.0%} of {which} top examples "
-                     f"(its share of the rows: {p['expected_share']:.1%})")
-    skip = ",".join(str(p["position"]) for p in positions) or "P"
-    return ("; ".join(parts) + ". If these are attention sinks or separators, leave them out of training, "
-            f"interpretation and evaluation alike with --skip-positions {skip} (saved with the SAE).")
+    sinks = [p for p in positions if p.get("suggest")]
+    for p in sinks or positions[:1]:
+        which = f"the {p['of']} strongest features'" if p["scope"] == "top_by_max" else "the live features'"
+        parts.append(f"position {p['position']} holds {p['share']:.1%} of {which} top examples "
+                     f"(chance: {p['expected_share']:.2%}, its share of the rows)")
+    test = (f"more than {SINK_RATIO:g}x its share by a one-sided binomial test, p < {SINK_ALPHA:g} after Bonferroni "
+            "over the positions")
+    if not sinks:
+        return "; ".join(parts) + f". No position holds {test}, so none is suggested for --skip-positions."
+    skip = ",".join(str(p) for p in sorted(int(p["position"]) for p in sinks))
+    return ("; ".join(parts) + f". Position(s) {skip} hold {test}. If these are attention sinks or separators, "
+            f"leave them out of training, interpretation and evaluation alike with --skip-positions {skip} "
+            "(saved with the SAE).")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -120,13 +121,45 @@ def load_unembedding(model: str | Path, gguf_file: str | None = None) -> Unembed
                           "lists read the weights from disk (no hub download)")
 
 
+class LogitEffects(NamedTuple):
+    """Per feature (H rows): the top_n promoted and suppressed token ids with their logits,
+    strongest first, and the excess kurtosis of the feature's logits over the vocabulary."""
+
+    up_ids: np.ndarray
+    up_values: np.ndarray
+    down_ids: np.ndarray
+    down_values: np.ndarray
+    kurtosis: np.ndarray
+    noise_kurtosis: float
+    """The largest excess kurtosis of RANDOM_DIRECTIONS random directions: a feature at or below it
+    has logits no more peaked than noise (its lists are then mostly arbitrary tokens)."""
+
+    def record(self, f: int, pieces) -> dict:
+        """Feature f's entry in its record; `pieces` turns token ids into text."""
+        kurtosis = float(self.kurtosis[f])
+        return {"promoted": [[t, round(float(v), 4)] for t, v in zip(pieces(self.up_ids[f]), self.up_values[f])],
+                "suppressed": [[t, round(float(v), 4)] for t, v in zip(pieces(self.down_ids[f]), self.down_values[f])],
+                "kurtosis": round(kurtosis, 3), "noise_kurtosis": round(self.noise_kurtosis, 3),
+                "noise_like": kurtosis <= self.noise_kurtosis}
+
+
+RANDOM_DIRECTIONS = 64
+"""Random Gaussian directions whose logit kurtosis sets the noise level (seeded, so reruns agree)."""
+
+
+def _excess_kurtosis(logits_BV: torch.Tensor) -> torch.Tensor:
+    centred = logits_BV - logits_BV.mean(dim=1, keepdim=True)
+    m2 = centred.pow(2).mean(dim=1)
+    return centred.pow(4).mean(dim=1) / m2.pow(2).clamp_min(1e-30) - 3.0
+
+
 @torch.no_grad()
 def logit_effects(W_dec_HD: torch.Tensor, unembed: Unembedding, top_n: int, *, vocab_size: int | None = None,
-                  block: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(promoted ids, their logits, suppressed ids, their logits), each (H, top_n), strongest first.
-
-    `vocab_size` limits the lists to ids the tokenizer knows (padded vocabularies have more rows).
-    """
+                  block: int = 256) -> LogitEffects:
+    """The direct effect of each decoder direction d on the logits, W_U (g * d') (see the module
+    docstring): its top_n promoted and suppressed tokens, and how peaked it is (kurtosis) against
+    random directions. `vocab_size` limits the lists to ids the tokenizer knows (padded
+    vocabularies have more rows)."""
     W_U = unembed.W_U_VD[:vocab_size] if vocab_size else unembed.W_U_VD
     if W_dec_HD.shape[1] != W_U.shape[1]:
         raise GhostTrackError(f"the SAE has d_in={W_dec_HD.shape[1]} but the model's unembedding has "
@@ -134,13 +167,18 @@ def logit_effects(W_dec_HD: torch.Tensor, unembed: Unembedding, top_n: int, *, v
     n = W_dec_HD.shape[0]
     top_n = min(top_n, W_U.shape[0])
     out = [np.zeros((n, top_n), np.int64), np.zeros((n, top_n), np.float32),
-           np.zeros((n, top_n), np.int64), np.zeros((n, top_n), np.float32)]
+           np.zeros((n, top_n), np.int64), np.zeros((n, top_n), np.float32), np.zeros(n, np.float32)]
+
+    def logits_of(d: torch.Tensor) -> torch.Tensor:
+        d = d.float().cpu()
+        return (d - d.mean(dim=1, keepdim=True) if unembed.center else d) @ W_U.T
+
     for s in range(0, n, block):
-        d = W_dec_HD[s:s + block].float().cpu()
-        if unembed.center:
-            d = d - d.mean(dim=1, keepdim=True)
-        logits = d @ W_U.T
+        logits = logits_of(W_dec_HD[s:s + block])
         up, down = logits.topk(top_n, dim=1), (-logits).topk(top_n, dim=1)
         out[0][s:s + block], out[1][s:s + block] = up.indices.numpy(), up.values.numpy()
         out[2][s:s + block], out[3][s:s + block] = down.indices.numpy(), -down.values.numpy()
-    return tuple(out)
+        out[4][s:s + block] = _excess_kurtosis(logits).numpy()
+    generator = torch.Generator().manual_seed(0)
+    noise = _excess_kurtosis(logits_of(torch.randn(RANDOM_DIRECTIONS, W_U.shape[1], generator=generator)))
+    return LogitEffects(*out, noise_kurtosis=float(noise.max()))

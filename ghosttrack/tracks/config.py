@@ -5,8 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE, DevicePlacement, ModelDtype, ModelSource, check_local_output
-from ghosttrack.stores import StoreAccess
+from ghosttrack.run_config import DEVICE, DevicePlacement, ModelDtype, ModelSource, StoreAccess, check_local_output
 
 DEFAULT_MIN_SCORE = 0.3
 """Edges scoring below this link nothing (the tracker's default)."""
@@ -18,9 +17,8 @@ def _check_folder(flag: str, value: str | None) -> None:
 
 
 @dataclass
-class MatchRun(StoreAccess, DevicePlacement):
-    """`ghosttrack match`: the SAEs of consecutive layers, matched latent to latent (how --store is read:
-    the StoreAccess fields)."""
+class MatchRun(DevicePlacement, StoreAccess):
+    """`ghosttrack match`: the SAEs of consecutive layers, matched latent to latent."""
 
     sae_dir: str | None = field(default=None, metadata={"flag": "--sae", "param": "sae_dir", "required": True})
     """Folder of per-layer SAE folders layer_<i>/ (the --out of ghosttrack train)."""
@@ -39,8 +37,8 @@ class MatchRun(StoreAccess, DevicePlacement):
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_local_output("--out", self.out, "match")
         _check_folder("--sae", self.sae_dir)
+        check_local_output("--out", self.out)
 
 
 @dataclass
@@ -72,11 +70,11 @@ class TrackRun(ModelDtype, DevicePlacement, ModelSource):
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_local_output("--out", self.out, "track")
         if (self.text is None) == (self.input_file is None):
             raise ConfigError("pass the text with exactly one of --text \"...\" or --input FILE")
         _check_folder("--sae", self.sae_dir)
         _check_folder("--matches", self.matches)
+        check_local_output("--out", self.out)
 
     def read_text(self) -> str:
         """The text to track (from --text or --input), refused when empty or unreadable."""

@@ -57,8 +57,9 @@ def find_layer_saes(path: str | Path, *, min_layers: int = 2) -> LayerSAEs:
     dirs: dict[int, Path] = {}
     cfgs: dict[int, dict[str, Any]] = {}
     for layer, sub in layer_sae_dirs(root).items():
-        cfgs[layer] = read_cfg(sub)  # missing, unreadable or malformed: one line naming the file
+        cfg = read_cfg(sub)  # one line naming the file when it is missing or malformed
         dirs[layer] = sub
+        cfgs[layer] = cfg
     if len(dirs) < min_layers:
         found = ", ".join(f"layer_{i}" for i in sorted(dirs)) or "none"
         raise GhostTrackError(f"{root} holds {len(dirs)} layer SAE folder(s) ({found}); tracking needs at least "

@@ -163,6 +163,13 @@ class HypothesisTracker:
             ptr[1:] = torch.bincount(src, minlength=self.d_sae[i]).cumsum(0)
             self._csr.append(tuple(t.to(self.device) for t in (ptr, key % self.d_sae[j], score)))
 
+    def edge_score(self, k: int, src: int, dst: int) -> float | None:
+        """The score of the kept edge from latent `src` of layers[k-1] to `dst` of layers[k] (None: none)."""
+        ptr, dsts, scores = self._csr[k - 1]
+        lo, hi = int(ptr[src]), int(ptr[src + 1])
+        i = lo + int(torch.searchsorted(dsts[lo:hi], torch.tensor([dst], device=dsts.device))[0])
+        return float(scores[i]) if i < hi and int(dsts[i]) == dst else None
+
     @torch.no_grad()
     def track(self, codes: dict[int, SparseCodes]) -> TrackResult:
         """The tracks of one sequence; codes[layer]: its tokens' active latents at that layer (rows = tokens)."""

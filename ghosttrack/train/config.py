@@ -5,10 +5,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ghosttrack.config_fields import ConfigError, check_fields
-from ghosttrack.run_config import DEVICE
+from ghosttrack.run_config import DEVICE, StoreAccess
 from ghosttrack.train.schedule import SCHEDULES
 from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
-from ghosttrack.stores import StoreAccess
 
 DTYPES = ("auto", "float32", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -143,8 +142,7 @@ class SAEShape:
 
 @dataclass
 class TrainRun(StoreAccess):
-    """Where `ghosttrack train` reads and writes, what it does with runs already there, and how it reads
-    its store (the StoreAccess fields)."""
+    """Where `ghosttrack train` reads and writes, and what it does with runs already there."""
 
     store: str | None = field(default=None, metadata={"required": True})
     """Activation store (ghosttrack extract --out)."""
@@ -163,7 +161,6 @@ class TrainRun(StoreAccess):
         from ghosttrack.run_config import check_local_output, parse_layers
 
         check_fields(self)
-        check_local_output("--out", self.out, "train")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pass one")
         if self.layer is not None and self.layers not in (None, str(self.layer)):
@@ -171,6 +168,7 @@ class TrainRun(StoreAccess):
         if self.layer is not None:
             self.layers = str(self.layer)
         parse_layers(self.layers or "all")  # its syntax, before the store is opened
+        check_local_output("--out", self.out)
 
 
 # Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.

@@ -23,7 +23,7 @@ def extract(model_dir, corpus, out, *extra):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--tokens", "999999G"], "more than a store holds (1,099,511,627,776 rows); pass fewer --tokens"),
+    (["--tokens", "999999G"], "--tokens 999999G is more than one store takes"),
     (["--tokens", "2G", "--chunk-tokens", "64"], "more than a store holds (16,777,216 per array); pass fewer "
                                                  "--tokens or a larger --chunk-tokens"),
 ])

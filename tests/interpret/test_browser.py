@@ -1,5 +1,6 @@
 """The static feature browser: data files, escaping, and the page itself in headless Chromium
 (per-token shading, boundaries, quantile bands, nearest features, logit lists, text search)."""
+import base64
 import json
 import re
 import shutil
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghosttrack.interpret.browser import PART_SIZE, write_browser
+from ghosttrack.interpret.browser import PART_SIZE, SEARCH_EXAMPLES, write_browser
+from ghosttrack.interpret.pack import dequantise, read_varints, untrimmed_codes
 from ghosttrack.interpret.features import density_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,11 +31,11 @@ def fake_records(n: int) -> list[dict]:
         token = EVIL if f == 5 else f" tok{f}"
         examples = [{"text": f"before {i} {token} after", "position": 3 + i, "activation": a, "token": token,
                      "tokens": ["before", f" {i}", token, EOS if i == 1 else " after"], "token_index": 2,
-                     "row": 100 * f + i, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
+                     "row": 100 * f + 10 * i + 5, "acts": [None, round(a / 4, 4), a, 0.0], "doc_start": i == 0,
                      "eos": [3] if i == 1 else []}
                     for i, a in enumerate(acts)]
         quantiles = [] if dead else [{"band": b, "lo": b / 5, "hi": (b + 1) / 5, "examples": [
-            {**examples[0], "activation": (b + 0.5) / 5, "text": f"band {b} of {f}", "row": 7000 + b}]} for b in range(5)]
+            {**examples[0], "activation": (b + 0.5) / 5, "text": f"band {b} of {f}", "row": 10**6 + 100 * f + 10 * b}]} for b in range(5)]
         records.append({
             "feature_id": f, "active": not dead, "num_activations": 0 if dead else 40 + f,
             "top_activation": acts[0] if acts else 0.0, "mean_activation": float(np.mean(acts)) if acts else 0.0,
@@ -78,22 +80,58 @@ def _js_payload(path: Path, call: str):
     return json.loads("[" + text[len(call) + 1:-3].replace("<\\/", "</") + "]")
 
 
+def unpack(part: dict, table: dict, rec: dict, ex: list) -> dict:
+    """A packed example back to the record's fields, as the page's unpackExample reads it."""
+    act, pos, offset, codes = ex[:4]
+    length, k, doc_start = ex[4:] if len(ex) > 4 else (*part["window"], 0)
+    ids = read_varints(base64.b64decode(part["tokens"]))
+    rows, end = [], 0
+    for gap, n in zip(part["spans"][::2], part["spans"][1::2]):
+        rows += [-1] * n if gap < 0 else list(range(end + gap, end + gap + n))
+        end = end if gap < 0 else end + gap + n
+    acts = None if codes is None else dequantise(untrimmed_codes(base64.b64decode(codes), length), rec["scale"])
+    return {"activation": act, "position": pos, "token_index": k, "doc_start": bool(doc_start),
+            "tokens": [table["pieces"][i] for i in ids[offset:offset + length]], "row": int(rows[offset + k]),
+            "acts": acts, "eos": [i for i, t in enumerate(ids[offset:offset + length]) if t in table["eos"]]}
+
+
 def test_data_files(page):
     index, records = page
     data = index.parent / "browser_data"
     assert sorted(p.name for p in data.iterdir()) == ["features_0000.js", "features_0001.js", "overview.js",
-                                                      "text_0000.js", "text_0001.js"]
+                                                      "text_0000.js", "text_0001.js", "tokens.js"]
     (overview,) = _js_payload(data / "overview.js", "GT.overview")
     assert overview["d_sae"] == N_FEATURES and len(overview["features"]["density"]) == N_FEATURES
-    part, features = _js_payload(data / "features_0001.js", "GT.part")
-    assert part == 1 and [f["id"] for f in features] == list(range(PART_SIZE, N_FEATURES))
-    assert features[0]["examples"][0][2] == records[PART_SIZE]["top_examples"][0]["tokens"]
-    assert features[0]["examples"][0][5] == records[PART_SIZE]["top_examples"][0]["acts"]
-    assert features[0]["quantiles"][2][2][0][0] == records[PART_SIZE]["quantiles"][2]["examples"][0]["activation"]
-    part, texts = _js_payload(data / "text_0001.js", "GT.text")
-    assert part == 1 and texts[0] == [ex["text"] for ex in records[PART_SIZE]["top_examples"]]
+    assert overview["top_k"] == 4 and overview["search_examples"] == SEARCH_EXAMPLES
+    (table,) = _js_payload(data / "tokens.js", "GT.tokens")
+    assert len(set(table["pieces"])) == len(table["pieces"]) and EVIL in table["pieces"]
+    for name in ("features_0000.js", "features_0001.js"):
+        index_, part = _js_payload(data / name, "GT.part")
+        for rec in part["features"]:
+            want = records[rec["id"]]
+            shown = [(ex, w) for ex, w in zip(rec["examples"], want["top_examples"])]
+            shown += [(ex, w) for (_, _, exs), q in zip(rec["quantiles"], want["quantiles"])
+                      for ex, w in zip(exs, q["examples"])]
+            assert len(shown) == len(want["top_examples"]) + sum(len(q["examples"]) for q in want["quantiles"])
+            for ex, w in shown:
+                got = unpack(part, table, rec, ex)
+                for key in ("position", "token_index", "doc_start", "tokens", "row", "eos"):
+                    assert got[key] == w[key], key
+                assert got["activation"] == float(f"{w['activation']:.4g}")
+                wanted = np.array([np.nan if v is None else v for v in w["acts"]])
+                np.testing.assert_array_equal(np.isnan(got["acts"]), np.isnan(wanted))
+                # uint8 with a per-feature scale: within half a step (scale / 508) of the value.
+                assert np.nanmax(np.abs(got["acts"] - wanted)) <= rec["scale"] / 508 + 1e-12
+            assert [table["pieces"][t] for t, _ in rec["common"]] == [t for t, _ in want["common_tokens"]]
+    part_index, part = _js_payload(data / "features_0001.js", "GT.part")
+    assert part_index == 1 and [f["id"] for f in part["features"]] == list(range(PART_SIZE, N_FEATURES))
+    part_index, texts = _js_payload(data / "text_0001.js", "GT.text")
+    ids, flat = read_varints(base64.b64decode(texts["tokens"])), texts["features"][0]
+    assert part_index == 1 and ["".join(table["pieces"][i] for i in ids[o:o + n]) for o, n in zip(flat[::2], flat[1::2])] == [
+        "".join(ex["tokens"]) for ex in records[PART_SIZE]["top_examples"]]
     # "</" is escaped in the data files, and the title is HTML-escaped in the page.
     assert "</" not in (data / "features_0000.js").read_text() and "</" not in (data / "overview.js").read_text()
+    assert "</" not in (data / "tokens.js").read_text()
     assert "tiny &lt;script&gt;alert(1) &amp; co" in index.read_text()
 
 
@@ -102,7 +140,7 @@ def test_rewrite_replaces_data(page, tmp_path):
     shutil.copytree(index.parent, tmp_path / "copy")
     write_browser(tmp_path / "copy", records[:10], fake_summary(records[:10]))
     assert sorted(p.name for p in (tmp_path / "copy" / "browser_data").iterdir()) == ["features_0000.js", "overview.js",
-                                                                                     "text_0000.js"]
+                                                                                     "text_0000.js", "tokens.js"]
     with pytest.raises(ValueError, match="ordered by feature id"):
         write_browser(tmp_path / "bad", records[1:5], fake_summary(records[1:5]))
 
@@ -155,7 +193,7 @@ def test_page_in_chromium(page, tmp_path):
     bands = by_id(view, "quantiles")
     assert all(f'id="band-{b}"' in bands for b in range(5)) and "Quantile 80–100%" in bands
     assert bands.count('class="example"') == 5 and ">0.7</span>" in bands  # band 3's example, activation 0.7
-    assert 'id="logits"' not in view  # no model given for this page
+    assert "pass --model" not in view and "--model &lt;the model" in by_id(view, "logits")  # no model given
     assert f'href="#feature={f + 1}"' in by_id(view, "neighbors")
     # Search by token finds the feature; search by id opens its page.
     hits = by_id(chromium(tmp_path, url + "#search=tok42", "--dump-dom"), "search-results")
@@ -164,6 +202,8 @@ def test_page_in_chromium(page, tmp_path):
     text_hits = by_id(chromium(tmp_path, url + "#search=TOK18%20after", "--dump-dom"), "text-results")
     assert 'href="#feature=18"' in text_hits and "<mark>tok18 after</mark>" in text_hits
     assert text_hits.count('href="#feature=') == 1
+    # The count says what it counts: of the feature's contexts searched (its top 4 here, not 10).
+    assert "in 3 of its top 4 contexts" in text_hits and "top 4 contexts (of the 4 kept per feature)" in text_hits
     assert "<h2 id=\"feature-title\">Feature 18</h2>" in chromium(tmp_path, url + "#search=18", "--dump-dom")
     # A token made of markup stays text.
     evil = chromium(tmp_path, url + "#feature=5", "--dump-dom")
@@ -198,6 +238,8 @@ def test_real_pipeline_page_with_logits(tiny_gpt2_dir, corpus_file, tmp_path):
     assert len(rec["logits"]["promoted"]) == len(rec["logits"]["suppressed"]) == 10
     view = chromium(tmp_path, (layer_dir / "index.html").as_uri() + f"#feature={rec['feature_id']}", "--dump-dom")
     logits = by_id(view, "logits")
+    assert "Direct effect through the unembedding" in logits and "Kurtosis of these logits" in logits
+    assert ('id="logits-noise"' in logits) == rec["logits"]["noise_like"]
     assert "Promoted tokens" in logits and "Suppressed tokens" in logits
     assert logits.count('class="chip up"') == logits.count('class="chip down"') == 10
     assert "background: rgba(255, 140, 0" in by_id(view, "examples") and 'id="band-0"' in view
@@ -214,7 +256,8 @@ def test_sorting_and_search_at_24k_features(tmp_path):
                 "mean_activation": float(maxes[f] / 2), "density": (10 + f % 97) / 1e5,
                 "common_tokens": [[f" w{f}", 1]],
                 "top_examples": [{"text": f"ctx of feature {f} end", "position": 1, "activation": float(maxes[f]),
-                                  "tokens": [f" w{f}"], "token_index": 0}]} for f in range(n)]
+                                  "tokens": ["ctx", " of", " feature", f" {f}", " end"], "token_index": 3}]}
+               for f in range(n)]
     index = write_browser(tmp_path / "big", records, fake_summary(records))
     assert len(list((tmp_path / "big" / "browser_data").glob("text_*.js"))) == 96
     page = 7

@@ -27,8 +27,8 @@ def oracle_logits(model, d_HD: torch.Tensor) -> torch.Tensor:
 def check_against(model, directory_or_file, vocab=None):
     torch.manual_seed(1)
     W_dec = torch.randn(13, model.config.hidden_size) + 0.3  # a mean off zero: a LayerNorm removes it
-    up_ids, up_vals, down_ids, down_vals = logit_effects(W_dec, load_unembedding(directory_or_file), TOP,
-                                                         vocab_size=vocab, block=5)
+    up_ids, up_vals, down_ids, down_vals, _, _ = logit_effects(W_dec, load_unembedding(directory_or_file), TOP,
+                                                               vocab_size=vocab, block=5)
     want = oracle_logits(model, W_dec)[:, :vocab]
     top = want.topk(TOP, dim=1)
     bottom = (-want).topk(TOP, dim=1)
@@ -113,3 +113,49 @@ def test_bad_model_paths(tmp_path):
         load_unembedding(tmp_path / "nowhere")
     with pytest.raises(GhostTrackError, match="no .safetensors"):
         load_unembedding(tmp_path)
+
+
+def test_direct_effect_matches_the_model_run(tiny_gpt2_dir, tmp_path):
+    """The panel's ranking is the model's own: run the tiny GPT-2 with +a*d and -a*d added to the
+    last block's output (its direct path to the logits is only ln_f and the unembedding); for a
+    large a the difference of the final logits is proportional to the panel's logits (the
+    LayerNorm's bias and the token's own residual cancel or vanish) on every position."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = randomise_norm(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir)).eval()
+    model.save_pretrained(tmp_path)
+    W_dec = torch.randn(6, model.config.n_embd) + 0.3
+    effects = logit_effects(W_dec, load_unembedding(tmp_path), TOP)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    for f, d in enumerate(W_dec):
+        def run(sign: float) -> torch.Tensor:
+            def add(_module, _inputs, output):  # blocks return a tensor or a tuple, by version
+                if isinstance(output, tuple):
+                    return (output[0] + sign * 1e4 * d,) + output[1:]
+                return output + sign * 1e4 * d
+            hook = model.transformer.h[-1].register_forward_hook(add)
+            try:
+                with torch.no_grad():
+                    return model(ids).logits.double()
+            finally:
+                hook.remove()
+        diff = (run(1.0) - run(-1.0)).reshape(-1, model.config.vocab_size)
+        for row in diff:
+            np.testing.assert_array_equal(row.topk(TOP).indices.numpy(), effects.up_ids[f])
+            np.testing.assert_array_equal((-row).topk(TOP).indices.numpy(), effects.down_ids[f])
+            ratio = row[effects.up_ids[f]].numpy() / effects.up_values[f]
+            np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)
+
+
+def test_noise_like_directions_are_flagged(tiny_gpt2_dir):
+    """A direction that writes onto one token's unembedding row is peaked (high kurtosis); random
+    directions are not: the random ones fall at or under the noise level, the peaked ones above."""
+    unembed = load_unembedding(tiny_gpt2_dir)
+    torch.manual_seed(3)
+    peaked = unembed.W_U_VD[:4].clone()  # each promotes its own token far above the rest
+    noise = torch.randn(200, unembed.d_model)
+    effects = logit_effects(torch.cat([peaked, noise]), unembed, TOP)
+    assert (effects.kurtosis[:4] > effects.noise_kurtosis).all()
+    assert (effects.kurtosis[4:] <= effects.noise_kurtosis).mean() > 0.95
+    np.testing.assert_array_equal(effects.up_ids[:4, 0], np.arange(4))

@@ -10,8 +10,10 @@ import pytest
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.tracks.reference import track_reference
 from ghosttrack.tracks.stats import token_statistics
-from ghosttrack.tracks.view import browser_links, write_outputs
-from tracks_helpers import ACTIVE, EDGES, LAYERS
+from ghosttrack.interpret.browser import DATA_DIR, _js_call
+from ghosttrack.tracks.tracker import HypothesisTracker
+from ghosttrack.tracks.view import browser_links, latent_labels, write_outputs
+from tracks_helpers import ACTIVE, EDGES, LAYERS, edge_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<img src=x onerror=\"document.title='pwned'\">"
@@ -24,10 +26,17 @@ def written(tmp_path_factory):
     for layer in (3, 5):  # layer 9 has no browser: its latents are shown without links
         (interp / f"layer_{layer}").mkdir(parents=True)
         (interp / f"layer_{layer}" / "index.html").write_text("<html></html>")
+        (interp / f"layer_{layer}" / DATA_DIR).mkdir()
+        tokens = [[[f" L{layer}f{f}", 5], [" and", 2], ["\n", 1], [" four", 1]] for f in range(6)]
+        tokens[1] = [[EVIL, 3]]
+        (interp / f"layer_{layer}" / DATA_DIR / "overview.js").write_text(
+            _js_call("GT.overview", {"d_sae": 6, "features": {"tokens": tokens}}))
     result = track_reference(LAYERS, ACTIVE, EDGES, min_score=0.3)
+    tracker = HypothesisTracker(LAYERS, {k: edge_table(v) for k, v in EDGES.items()}, {3: 6, 5: 6, 9: 6}, min_score=0.3)
     out = root / "T"
     links = browser_links(interp, LAYERS, out)
-    page = write_outputs(out, result, [11, 12], [" The", EVIL], meta={"model": "runs/tiny <script> & model"}, links=links)
+    page = write_outputs(out, result, [11, 12], [" The", EVIL], meta={"model": "runs/tiny <script> & model"}, links=links,
+                         labels=latent_labels(interp, LAYERS), edge_score=tracker.edge_score)
     return page, result, links
 
 
@@ -44,6 +53,23 @@ def test_files(written):
     assert table["dominant_share"] == pytest.approx(token_statistics(result)["dominant_share"].tolist())
     data = (out / "tracks_data.js").read_text()
     assert "</" not in data and "tiny &lt;script&gt; &amp; model" in page.read_text()
+    payload = json.loads(data[len("GT.tracks("):-3])
+    # Labels: the first LABEL_TOKENS common tokens of each drawn latent, none for layer 9 (no browser).
+    assert payload["labels"][0]["0"] == [" L3f0", " and", "\n"] and payload["labels"][1]["1"] == [EVIL]
+    assert payload["labels"][2] == {}
+    # Each step of a flow carries its matched edge's score: track 0 is 0@3 -> 0@5 -> 0@9.
+    track0 = next(t for t in payload["tokens"][0]["tracks"] if t["id"] == 0)
+    assert [c[:2] for c in track0["chain"]] == [[3, 0], [5, 0], [9, 0]] and track0["scores"] == pytest.approx([0.9, 0.7])
+
+
+def test_edge_score_lookup():
+    tracker = HypothesisTracker(LAYERS, {k: edge_table(v) for k, v in EDGES.items()}, {3: 6, 5: 6, 9: 6}, min_score=0.3)
+    for (i, j), triples in EDGES.items():
+        k = LAYERS.index(j)
+        for src, dst, score in triples:
+            want = score if score >= 0.3 else None
+            assert tracker.edge_score(k, src, dst) == (pytest.approx(want) if want is not None else None)
+    assert tracker.edge_score(1, 0, 3) is None and tracker.edge_score(2, 5, 5) is None
 
 
 def test_bad_interp_folder(tmp_path):
@@ -73,6 +99,8 @@ def test_view_in_chromium(written, tmp_path):
     assert len(re.findall(r'<path class="split"', dom)) == 1  # track 4 split off track 0
     assert len(re.findall(r'<path class="merge"', dom)) == 2  # 1 into 4, 2 into 1
     assert 'href="../interp/layer_5/index.html#feature=3"' in dom
+    assert '<text class="toks"' in dom and "␣L5f3 · ␣and · ↵" in dom  # labels, spaces and newlines visible
+    assert "layer 3 #0 → layer 5 #0: match score 0.9 · activation 1.5" in dom  # edge hover
     assert "layer_9" not in dom  # no browser for layer 9: no link
     assert re.search(r'id="stat-tracks".*?>5<', dom, re.S)
     other = chromium_dom(tmp_path, page.as_uri() + "#token=1")
