@@ -122,6 +122,13 @@ demo-tracks: $(STAMP) $(ASSETS)/.fetched
 	  --matches $(TRACKS_RUN)/matches --interp $(TRACKS_RUN)/interp --text "$(TRACKS_TEXT)" --out $(TRACKS_RUN)/tracks
 	@echo "open file://$(abspath $(TRACKS_RUN))/tracks/index.html in a browser"
 
+# Issue 20, do tracks catch hallucinations: store, per-layer-seeded SAEs, matches, detection with paired
+# comparisons and the own-answers mode's report; resumable (rerun after an interruption). Defaults: the full
+# recipe (1M tokens, layers 8-20 every second one); the small CPU run: make detect-tracks TOKENS=60k LAYERS=11,12,13 ...
+.PHONY: detect-tracks
+detect-tracks: $(STAMP) $(ASSETS)/.fetched
+	GT=$(BIN)/ghosttrack bash bench/detect_smollm2_i20.sh
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_extract.py

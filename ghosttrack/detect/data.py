@@ -2,7 +2,7 @@
 
 An example is (question, answer, label, group): label 1 = correct/true, 0 = hallucinated/false;
 group (default: the question) is the unit every split keeps whole, so that no question is seen in
-both training and test. Built-in sources `sae-probes:<name>` read the datasets shipped in the
+both training and test. Exact duplicate rows are dropped on loading and counted (notes["duplicates_dropped"]). Built-in sources `sae-probes:<name>` read the datasets shipped in the
 `sae-probes` 0.4.2 wheel (`make assets` extracts them under .cache/assets/sae_probes/), each a
 zstd-compressed CSV of prompts "Q. ...\\nA. ..." that is split back into question and answer.
 """
@@ -84,8 +84,15 @@ def _from_frame(frame: pd.DataFrame, source: str, notes: dict | None = None) -> 
     groups = frame["group"] if "group" in frame.columns else frame["question"]
     if groups.isna().any():
         raise GhostTrackError(f"{source} has an empty group; fill the group column or drop it (default: the question)")
+    # Exact copies (same question, answer, label and group) would count one example several times
+    # in every AUROC and every fit: the first of each is kept, the rest counted in the notes.
+    key = pd.DataFrame({"q": frame["question"].astype(str), "a": frame["answer"].astype(str),
+                        "y": numeric.astype(np.int64), "g": groups.astype(str)})
+    keep = ~key.duplicated(keep="first").to_numpy()
+    notes = {**(notes or {}), "duplicates_dropped": int((~keep).sum())}
+    frame, numeric, groups = frame[keep], numeric[keep], groups[keep]
     names, codes = np.unique(groups.astype(str).to_numpy(), return_inverse=True)
-    notes = {"group_by": "the group column" if "group" in frame.columns else "question", **(notes or {})}
+    notes = {"group_by": "the group column" if "group" in frame.columns else "question", **notes}
     return Examples(frame["question"].astype(str).tolist(), frame["answer"].astype(str).tolist(),
                     numeric.to_numpy(dtype=np.int64), codes.astype(np.int64), [str(n) for n in names], source, notes)
 

@@ -137,11 +137,15 @@ def _scored(method: Method, labels: np.ndarray, scores: np.ndarray, groups: np.n
 
 
 def evaluate_method(method: Method, labels: np.ndarray, groups: np.ndarray, *, n_folds: int = 5,
-                    inner_folds: int = 3, seed: int = 0, n_boot: int = 1000, split: str = "group") -> dict:
-    """In-distribution result of one method: pooled out-of-fold AUROC, its group-bootstrap CI, per-fold AUROCs."""
+                    inner_folds: int = 3, seed: int = 0, n_boot: int = 1000, split: str = "group",
+                    scores_out: dict | None = None) -> dict:
+    """In-distribution result of one method: pooled out-of-fold AUROC, its group-bootstrap CI, per-fold AUROCs.
+    scores_out, when given, receives the out-of-fold scores under the method's name."""
     folds = make_folds(labels, groups, n_folds, seed, split)
     result = cross_validate(method, labels, groups, folds, inner_folds=inner_folds, seed=seed, split=split)
     scores = result["scores"]
+    if scores_out is not None:
+        scores_out[method.name] = scores
     fold_aurocs = np.asarray(result["fold_aurocs"])
     return {**_scored(method, labels, scores, groups, n_boot=n_boot, seed=seed),
             "fold_auroc_mean": float(np.nanmean(fold_aurocs)),

@@ -45,8 +45,12 @@ class FeatureSet:
     sae_layers: list[int] = field(default_factory=list)
     sae_mean: dict[int, sp.csr_matrix] = field(default_factory=dict)
     sae_last: dict[int, sp.csr_matrix] = field(default_factory=dict)
+    sae_active: dict[int, sp.csr_matrix] = field(default_factory=dict)  # share of answer tokens each latent fires on
+    p_true: np.ndarray | None = None  # (N,) log p(Yes) - log p(No) asked whether the answer is true (ptrue.py)
     track_stats: np.ndarray | None = None  # (N, S)
     track_names: list[str] = field(default_factory=list)
+    track_bag: sp.csr_matrix | None = None  # (N, F) followed memberships and edges (ghosttrack.detect.bags)
+    track_bag_names: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -163,6 +167,8 @@ def add_sae_features(features: FeatureSet, saes: dict) -> dict[int, torch.Tensor
             0, example_of_row, acts_RH.double()) / counts[:, None]
         features.sae_mean[layer] = sp.csr_matrix(mean_NH.numpy())
         features.sae_last[layer] = sp.csr_matrix(acts_RH[torch.from_numpy(offsets[1:] - 1)].numpy())
+        features.sae_active[layer] = sp.csr_matrix((torch.zeros_like(mean_NH).index_add_(
+            0, example_of_row, (acts_RH > 0).double()) / counts[:, None]).numpy())
         latents[layer] = acts_RH
     features.sae_layers = sorted(saes)
     return latents
@@ -171,6 +177,7 @@ def add_sae_features(features: FeatureSet, saes: dict) -> dict[int, torch.Tensor
 def add_track_features(features: FeatureSet, tracker, latents: dict[int, torch.Tensor]) -> None:
     """Tracker statistics per example over its answer tokens (tracks follow one token across layers,
     so tracking the answer's rows alone equals tracking the whole text and pooling the answer)."""
+    from ghosttrack.detect.bags import track_bag
     from ghosttrack.tracks.codes import SparseCodes
     from ghosttrack.tracks.stats import track_statistics
 
@@ -180,6 +187,7 @@ def add_track_features(features: FeatureSet, tracker, latents: dict[int, torch.T
         codes = {layer: SparseCodes.from_dense(latents[layer][offsets[i]:offsets[i + 1]]) for layer in tracker.layers}
         results.append(tracker.track(codes))
     features.track_stats, features.track_names = track_statistics(results)
+    features.track_bag, features.track_bag_names = track_bag(results, features.answer_tokens, tracker)
 
 
 # --- the cache ------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from ghosttrack.errors import GhostTrackError
 from ghosttrack.sae.files import read_cfg
 from ghosttrack.run_config import DEVICE, MODEL_DTYPES, parse_layers
 
+OOF_FILE = "oof_scores.parquet"
+
 
 @dataclass
 class DetectConfig:
@@ -41,6 +43,22 @@ class DetectConfig:
     """Use a random subset of whole groups of about this many examples per source."""
     probe_layers: list[int] | str | None = None
     """Layers the residual probe chooses among (inside the training folds): 0-29, 0,6,11 or all (None)."""
+    compare_seeds: int = field(default=5, metadata={"min": 0})
+    """Fold seeds (seed, seed+1, ...) of the paired comparisons of methods; 0: no comparisons."""
+    compare_layers: list[int] | str | None = None
+    """Residual layers of the paired comparisons: 0,6,11 (default: the SAE layers; without SAEs the middle layer)."""
+    min_score_decoder: float = field(default=0.3, metadata={"min": -1, "max": 1})
+    """Tracker threshold on data-free (decoder) match scores, 2 cos - 1 for unit decoder rows."""
+    min_score_coact: float = field(default=0.1, metadata={"min": -1, "max": 1})
+    """Tracker threshold on co-activation match scores (activation correlation over held-out rows)."""
+    p_true: bool = field(default=True, metadata={"flag": "--no-p-true", "invert": True})
+    """Also score P(True): the model asked whether the answer is true (one more forward pass, cached);
+    --no-p-true skips it."""
+    own_answers: bool = False
+    """Detect errors in the model's own answers (ghosttrack.detect.own): it answers each question
+    greedily, graded against the gold answers, instead of scoring the data's statements."""
+    max_new_tokens: int = field(default=24, metadata={"min": 1, "max": 512})
+    """Longest answer the model generates with --own-answers."""
     device: str = field(default="cpu", metadata=DEVICE)
     """Device of the forward pass."""
     dtype: str = field(default="fp32", metadata={"choices": MODEL_DTYPES})
@@ -48,9 +66,10 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if isinstance(self.probe_layers, str):
-            layers = parse_layers(self.probe_layers)
-            self.probe_layers = None if layers == "all" else layers
+        for name in ("probe_layers", "compare_layers"):
+            if isinstance(getattr(self, name), str):
+                layers = parse_layers(getattr(self, name))
+                setattr(self, name, None if layers == "all" else layers)
         if self.max_examples is not None and self.max_examples < 2 * self.folds:
             raise GhostTrackError(f"--max-examples {self.max_examples} is too few for {self.folds} folds")
 
@@ -82,19 +101,24 @@ def sae_layers(sae_dirs: list[Path]) -> dict[int, Path]:
     return found
 
 
-def build_tracker(matches: Path | None, saes: dict):
-    """(HypothesisTracker over the SAE layers, None) or (None, why there is none)."""
+def build_tracker(matches: Path | None, saes: dict, config: DetectConfig | None = None):
+    """(HypothesisTracker over the SAE layers, None) or (None, why there is none). The threshold on
+    match scores is the one for the matches' method (their summary.json): data-free decoder scores
+    and co-activation correlations are on different scales."""
     if matches is None:
         return None, "no --matches given (make them with `ghosttrack match`)"
     if len(saes) < 2:
         return None, "tracks need SAEs on at least two layers (--sae with layer_<i>/ folders)"
-    from ghosttrack.tracks.edges import read_matches
-    from ghosttrack.tracks.pipeline import DEFAULT_MIN_SCORE
+    from ghosttrack.tracks.edges import SUMMARY_FILE, read_matches
     from ghosttrack.tracks.tracker import HypothesisTracker
 
+    config = config or DetectConfig()
+    summary = Path(matches) / SUMMARY_FILE
+    method = json.loads(summary.read_text()).get("method", "decoder") if summary.is_file() else "decoder"
+    min_score = config.min_score_coact if method == "coactivation" else config.min_score_decoder
     layers = sorted(saes)
     return HypothesisTracker(layers, read_matches(matches, layers), {k: saes[k].cfg.d_sae for k in layers},
-                             min_score=DEFAULT_MIN_SCORE), None
+                             min_score=min_score), None
 
 
 def features_for(loaded, model_name: str, examples: Examples, layers: list[int], saes: dict, tracker,
@@ -112,6 +136,18 @@ def features_for(loaded, model_name: str, examples: Examples, layers: list[int],
                                     max_tokens=config.max_tokens, max_answer_tokens=config.max_answer_tokens,
                                     progress=progress)
         save_features(features, cache_root / key)
+    if config.p_true:
+        from ghosttrack.detect.ptrue import p_true_scores
+
+        path = cache_root / key / "p_true.npy"
+        try:
+            if not path.is_file():
+                np.save(path.with_name("p_true.tmp.npy"), p_true_scores(
+                    loaded(), examples, batch_size=config.batch_size, progress=progress))
+                path.with_name("p_true.tmp.npy").replace(path)
+            features.p_true = np.load(path)
+        except GhostTrackError as exc:  # a tokenizer without distinct Yes / No tokens
+            features.info["p_true_missing"] = str(exc)
     latents = add_sae_features(features, saes)
     if tracker is not None:
         add_track_features(features, tracker, latents)
@@ -132,8 +168,47 @@ def _clean(value):
 
 
 def _data_summary(examples: Examples) -> dict:
-    return {"source": examples.source, "n_examples": len(examples), "n_groups": examples.n_groups,
-            "n_positive": int(examples.labels.sum()), **examples.notes}
+    return {"source": examples.source, "rows": len(examples), "n_examples": len(examples),
+            "n_groups": examples.n_groups, "n_positive": int(examples.labels.sum()),
+            "duplicates_dropped": int(examples.notes.get("duplicates_dropped", 0)), **examples.notes}
+
+
+def model_answers(loaded, model_name: str, examples: Examples, config: DetectConfig, cache_root: Path,
+                  progress: bool) -> Examples:
+    """--own-answers: the model answers every question with a gold answer; labels grade its answers."""
+    from ghosttrack.detect.own import cached_answers, own_examples
+
+    answers = cached_answers(loaded, model_name, examples, cache_root, max_new_tokens=config.max_new_tokens,
+                             batch_size=config.batch_size, max_tokens=config.max_tokens, progress=progress)
+    graded = own_examples(examples, answers, max_new_tokens=config.max_new_tokens)
+    check_for_cv(graded, max(config.folds, config.inner_folds + 1))
+    return graded
+
+
+def compare_methods(features: FeatureSet, methods: list, examples: Examples, oof: dict, config: DetectConfig,
+                    out: Path) -> list[dict]:
+    """The paired comparisons (ghosttrack.detect.compare) and OUT/oof_scores.parquet: the out-of-fold
+    score of every row for every method of the main table (table "methods", fold seed = --seed, fold -1:
+    not recorded) and of the comparisons (table "comparisons", one block per fold seed)."""
+    import pandas as pd
+
+    from ghosttrack.detect.compare import run_comparisons
+    from ghosttrack.detect.methods import PROBE_C
+
+    layers = config.compare_layers or features.sae_layers or [features.layers[len(features.layers) // 2]]
+    results, frame = [], pd.DataFrame()
+    if config.compare_seeds:
+        results, frame = run_comparisons(features, methods, examples.labels, examples.groups,
+                                         seeds=[config.seed + i for i in range(config.compare_seeds)],
+                                         n_folds=config.folds, inner_folds=config.inner_folds, layers=sorted(layers),
+                                         probe_c=PROBE_C, n_boot=config.bootstrap, boot_seed=config.seed)
+    frame.insert(0, "table", "comparisons")
+    main = [pd.DataFrame({"table": "methods", "method": name, "fold_seed": config.seed, "fold": -1, "row": np.arange(len(scores)),
+                          "group": examples.groups, "label": examples.labels, "score": scores})
+            for name, scores in oof.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(main + [frame], ignore_index=True).to_parquet(out / OOF_FILE, index=False)
+    return results
 
 
 def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | None = None, matches: Path | None = None,
@@ -162,7 +237,7 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
         if sae.cfg.d_in != shape.d_model:
             raise GhostTrackError(f"the SAE {sae_paths[layer]} reads d_model={sae.cfg.d_in} but {model} has "
                                   f"{shape.d_model}; pass SAEs trained on this model")
-    tracker, tracks_missing = build_tracker(matches, saes)
+    tracker, tracks_missing = build_tracker(matches, saes, config)
     state: dict = {}
 
     def loaded():
@@ -171,13 +246,20 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
         return state["model"]
 
     cache_root = Path(cache) if cache else Path(out) / "cache"
+    if config.own_answers:
+        examples = model_answers(loaded, f"{model}/{gguf}", examples, config, cache_root, progress)
+        test_examples = test_examples and model_answers(loaded, f"{model}/{gguf}", test_examples, config,
+                                                        cache_root, progress)
     features, key = features_for(loaded, model, examples, all_layers, saes, tracker, config, cache_root, progress)
     if tracks_missing:
         features.info["tracks_missing"] = tracks_missing
-    methods, skipped = build_methods(features, probe_layers=layers)
+    methods, skipped = build_methods(features, probe_layers=layers, answers=examples.answers)
+    oof: dict = {}
     evaluated = [evaluate_method(m, examples.labels, examples.groups, n_folds=config.folds,
-                                 inner_folds=config.inner_folds, seed=config.seed, n_boot=config.bootstrap)
+                                 inner_folds=config.inner_folds, seed=config.seed, n_boot=config.bootstrap,
+                                 scores_out=oof)
                  for m in methods]
+    comparisons = compare_methods(features, methods, examples, oof, config, Path(out))
     results = {
         "model": model if gguf is None else f"{model}/{gguf}",
         "data": _data_summary(examples),
@@ -185,6 +267,7 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
                   "bootstrap": config.bootstrap, "ci_level": 0.95, "n_examples": len(examples),
                   "n_groups": examples.n_groups, "n_positive": int(examples.labels.sum())},
         "methods": evaluated,
+        "comparisons": comparisons,
         "skipped": skipped,
         "features": {"cache_key": key, "probe_layers": layers, "sae_layers": sorted(sae_paths),
                      "sae": {str(k): str(v) for k, v in sorted(sae_paths.items())},
@@ -196,7 +279,8 @@ def run_detection(data: str, model: str, out: Path, *, sae_dirs: list[Path] | No
     if test_examples is not None:
         test_features, test_key = features_for(loaded, model, test_examples, all_layers, saes, tracker, config,
                                                cache_root, progress)
-        test_methods = {m.name: m for m in build_methods(test_features, probe_layers=layers)[0]}
+        test_methods = {m.name: m for m in build_methods(test_features, probe_layers=layers,
+                                                          answers=test_examples.answers)[0]}
         results["transfer"] = {
             "train": examples.source, "test": test_examples.source, "test_data": _data_summary(test_examples),
             "test_cache_key": test_key,

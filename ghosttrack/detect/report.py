@@ -57,6 +57,15 @@ def markdown_table(results: dict) -> str:
         lines.append(row + f" {_chosen(method)} |")
     for method in results.get("skipped", []):
         lines.append(f"| {method['name']} | not run: {method['reason']} |" + " |" * (5 if transfer else 3))
+    if results.get("comparisons"):
+        seeds = results["comparisons"][0].get("fold_seeds", [])
+        lines += ["", f"Paired comparisons: the same out-of-fold rows, AUROC difference averaged over {len(seeds)} "
+                  f"fold seeds, {split['ci_level']:.0%} interval from bootstrap resamples of groups.", "",
+                  "| comparison | AUROC a | AUROC b | a - b | CI |", "| --- | ---: | ---: | ---: | ---: |"]
+        for c in results["comparisons"]:
+            lo, hi = c["ci"]
+            lines.append(f"| {c['name']} | {_num(c.get('auroc_a'))} | {_num(c.get('auroc_b'))} | "
+                         f"{_num(c['delta_auroc'])} | [{_num(lo)}, {_num(hi)}] |")
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
     for note in results.get("notes", []):

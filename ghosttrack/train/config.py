@@ -48,7 +48,9 @@ class TrainerConfig:
     device: str = field(default="auto", metadata=DEVICE)
     """auto (what accelerate picks: cuda when present), cpu, cuda or cuda:N."""
     seed: int = field(default=0, metadata={"min": 0})
-    """Seeds the SAE's initialisation and the loader's split and order."""
+    """Seeds the loader's split and order (the same held-out tokens at every layer) and, mixed with the
+    layer (`layer_seed`), the SAE's initialisation: each layer's SAE starts from its own random
+    dictionary, so matches between layers cannot find a shared starting point."""
     fused: bool = False
     """Use the fused Triton kernel (relu / jumprelu) instead of the PyTorch reference path."""
     log_every: int = field(default=20, metadata={"min": 1})
@@ -173,3 +175,11 @@ class TrainRun(StoreAccess):
 
 # Settings that change where or how fast a run goes, not what it computes: free to differ on --resume.
 RESUME_FREE = ("device", "log_every", "checkpoint_every", "device_resident")
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The initialisation seed of `layer`'s SAE in a run seeded `seed`: a hash of both (NumPy's
+    SeedSequence), so different layers (and runs) start from unrelated random dictionaries."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(layer)]).generate_state(1, np.uint32)[0])

@@ -38,7 +38,7 @@ from ghosttrack.sae.config import SAEConfig
 from ghosttrack.store.loader import ActivationLoader, LoaderConfig, split_chunks
 from ghosttrack.store.reader import ActivationStore
 from ghosttrack.store.stats import scan_layer
-from ghosttrack.train.config import TrainerConfig, parse_positions
+from ghosttrack.train.config import TrainerConfig, layer_seed, parse_positions
 from ghosttrack.train.runtime import (GracefulInterrupt, check_fused, make_accelerator, make_adam,
                                         resolve_resident)
 from ghosttrack.train.schedule import lr_factor
@@ -97,7 +97,8 @@ class SAETrainer:
                 f"fewer than one batch of {cfg.batch_size} per process; lower --batch-size or extract more tokens")
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
 
-        torch.manual_seed(cfg.seed)
+        self.init_seed = layer_seed(cfg.seed, layer)
+        torch.manual_seed(self.init_seed)
         self.sae = SparseAutoencoder(sae_cfg, pre_encoder_bias=cfg.pre_encoder_bias).to(self.device)
         optimizer = make_adam(self.sae.parameters(), self.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
@@ -350,7 +351,8 @@ class SAETrainer:
         folded = self.sae.folded(self.state.input_scale)
         meta = {**self.metadata, "ghosttrack": {**self.metadata.get("ghosttrack", {}),
                                                 "input_scale_folded": self.state.input_scale,
-                                                "step": self.state.step, "trainer_config": self.cfg.to_dict(),
+                                                "step": self.state.step, "init_seed": self.init_seed,
+                                                "trainer_config": self.cfg.to_dict(),
                                                 "skipped": self.state.history["skipped"]}}
         save_sae(folded, directory, meta)
 

@@ -58,13 +58,23 @@ def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_
     data, other = _qa_file(tmp_path / "a.jsonl", 16, 0), _qa_file(tmp_path / "b.jsonl", 12, 1)
     args = ["--data", data, "--test-data", other, "--model", tiny_gpt2_dir, "--sae", sae_dir, "--matches", matches_dir,
             "--out",
-            tmp_path / "out", "--folds", 3, "--inner-folds", 2, "--bootstrap", 30, "--probe-layers", "0,2"]
+            tmp_path / "out", "--folds", 3, "--inner-folds", 2, "--bootstrap", 30, "--probe-layers", "0,2",
+            "--compare-seeds", 2]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [m["name"] for m in results["methods"]]
-    assert names == ["tracks", "resid_probe", "sae_probe", "logprob", "length", "question_probe"]
-    assert results["skipped"] == []
+    assert names == ["tracks", "tracks_bag", "resid_probe", "sae_probe", "logprob", "length", "answer_text",
+                     "question_probe"]
+    # The tiny test tokenizer has no distinct " Yes" / " No" tokens: P(True) is skipped, with the reason.
+    assert [(s["name"], "same token" in s["reason"]) for s in results["skipped"]] == [("p_true", True)]
+    assert results["data"]["rows"] == 32 and results["data"]["duplicates_dropped"] == 0
+    assert [c["name"] for c in results["comparisons"]][:3] == [
+        "resid+tracks vs resid", "resid+tracks vs resid+sae_bag", "null: resid+shuffled_tracks vs resid"]
+    assert all(c["ci"][0] <= c["delta_auroc"] <= c["ci"][1] for c in results["comparisons"])
+    oof = pd.read_parquet(tmp_path / "out" / "oof_scores.parquet")
+    assert set(oof["method"]) >= set(names) | {"resid", "resid+tracks", "resid+sae_bag", "resid+shuffled_tracks"}
+    assert (oof.groupby(["table", "method", "fold_seed"]).size() == 32).all()
     for method in results["methods"] + results["transfer"]["methods"]:
         lo, hi = method["auroc_ci"]
         assert 0 <= lo <= hi <= 1 and 0 <= method["auroc"] <= 1
@@ -72,7 +82,7 @@ def test_detect_end_to_end_with_transfer_and_cache(tmp_path, tiny_gpt2_dir, sae_
     assert all(m["n_test"] == 24 for m in results["transfer"]["methods"])
     assert results["split"]["kind"] == "group" and results["split"]["n_folds"] == 3
     assert results["features"]["probe_layers"] == [0, 2] and results["features"]["sae_layers"] == [1, 2]
-    assert {c["candidate"].split()[1] for c in results["methods"][1]["chosen"]} <= {"0", "2"}
+    assert {c["candidate"].split()[1] for c in results["methods"][names.index("resid_probe")]["chosen"]} <= {"0", "2"}
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| tracks |" in table and "| resid_probe |" in table and "transfer" in table
     assert len(list((tmp_path / "out" / "cache").iterdir())) == 2  # one entry per source

@@ -88,6 +88,19 @@ def test_builtin_source_splits_question_and_answer_and_drops_empty_answers(tmp_p
     assert examples.n_groups == 2 and examples.notes["dropped_empty_answers"] == 1
 
 
+def test_exact_duplicates_are_dropped_and_counted(tmp_path):
+    """A row repeated (same question, answer, label, group) is one example: kept once, counted. Rows
+    that differ in anything (here the label, or the group) are not duplicates."""
+    rows = ROWS + [ROWS[0], ROWS[0], ROWS[3], {**ROWS[0], "label": 0}]
+    examples = load_examples(str(_write(pd.DataFrame(rows), tmp_path / "dup.jsonl")))
+    assert examples.notes["duplicates_dropped"] == 3
+    assert list(zip(examples.questions, examples.answers, examples.labels.tolist())) == \
+        [(r["question"], r["answer"], r["label"]) for r in ROWS + [{**ROWS[0], "label": 0}]]
+    grouped = pd.DataFrame(rows[:2] + rows[:2]).assign(group=["g1", "g2", "g3", "g2"])
+    examples = load_examples(str(_write(grouped, tmp_path / "grouped.csv")))
+    assert len(examples) == 3 and examples.notes["duplicates_dropped"] == 1
+
+
 def test_builtin_source_rejects_a_foreign_file(tmp_path):
     _fake_sae_probes(tmp_path, "sciq_tf", ["no question mark here"], ["1"])
     with pytest.raises(GhostTrackError, match="row 0 does not match"):
@@ -104,8 +117,10 @@ def test_real_sae_probes_sources_when_fetched():
         pytest.skip("sae-probes assets not fetched (make assets)")
     truthqa = load_builtin("truthqa_tf", assets=assets)
     sciq = load_builtin("sciq_tf", assets=assets)
-    assert (len(truthqa), truthqa.n_groups) == (785, 489)  # 786 rows, one with an empty answer
-    assert (len(sciq), sciq.n_groups, int(sciq.labels.sum())) == (5000, 4017, 2500)
+    # 786 rows, one with an empty answer, 296 exact copies: one answer per question is left.
+    assert (len(truthqa), truthqa.n_groups, truthqa.notes["duplicates_dropped"]) == (489, 489, 296)
+    assert (len(sciq), sciq.n_groups, int(sciq.labels.sum())) == (4020, 4017, 2026)
+    assert sciq.notes["duplicates_dropped"] == 980
 
 
 def test_subsample_keeps_whole_groups(tmp_path):
