@@ -13,9 +13,8 @@ from ghosttrack.run_config import DEVICE, MODEL_DTYPES, DevicePlacement, ModelDt
 HOOK_POINTS = ("resid_post", "resid_pre")
 """Residual stream after block i, or before it."""
 STORE_DTYPE_CHOICES = ("fp16", "fp32")
-MAX_TOKENS = 10**12
-"""The largest --tokens one store takes: the writer's set-up walks its chunks, and 10^12 rows of a
-768-wide layer are 1.5 PB of fp16."""
+MAX_CHUNK_TOKENS = 65_536
+"""The most rows a chunk holds when --chunk-tokens is not given (ExtractionPlan's default chunking)."""
 NOT_SAVED = ("resume", "overwrite", "repair", "break_lock", "device")
 """Options that say how to treat an existing store or where to run, not what the store is."""
 
@@ -74,12 +73,17 @@ class ExtractConfig(ModelDtype, DevicePlacement, CorpusConfig, ModelSource):
             parse_token_count(self.tokens)
         except GhostTrackError as exc:
             raise ConfigError(f"--tokens: {exc}") from None
-        if self.target_tokens > MAX_TOKENS:
-            raise ConfigError(f"--tokens {self.tokens} is more than one store takes ({MAX_TOKENS:,} tokens); "
-                              "split the run into several stores")
         if self.chunk_tokens is not None and self.chunk_tokens % self.seq_len:
             raise ConfigError(f"--chunk-tokens {self.chunk_tokens} is not a multiple of --seq-len {self.seq_len}; "
                               f"use {max(1, self.chunk_tokens // self.seq_len) * self.seq_len}")
+        # The store format's budget (rows, chunks per array), the one rule the writer applies too: an
+        # absurd --tokens is refused here, before the model is read or anything is written. Without
+        # --chunk-tokens the plan picks chunks of up to MAX_CHUNK_TOKENS rows (checked again there).
+        from ghosttrack.store.format import budget_problem
+
+        chunk = (self.chunk_tokens or MAX_CHUNK_TOKENS) * self.shard_chunks
+        if (problem := budget_problem(self.target_tokens, chunk)) is not None:
+            raise ConfigError(f"--tokens {self.tokens} is more than one store takes: {problem}")
         parse_layers(self.layers)  # the syntax; which layers exist is known once the model's shape is read
         if self.model is not None and not str(self.model).strip():
             raise ConfigError("--model is empty; pass a hub id, a model directory or a .gguf file")

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ghosttrack.extract.async_writer import AsyncStoreWriter
+from ghosttrack.extract.config import MAX_CHUNK_TOKENS
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.interrupts import Interrupted, StopRequest
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, forward_until
@@ -32,7 +33,6 @@ from ghosttrack.store.background import in_background
 from ghosttrack.store.format import budget_problem
 from ghosttrack.store.writer import StoreWriter
 
-MAX_CHUNK_TOKENS = 65_536
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 """--store-dtype: how rows are stored (zarr has no standard bfloat16 data type, so no bf16)."""
 STORE_DTYPE_NAMES = {"fp16": "float16", "fp32": "float32"}

@@ -117,7 +117,8 @@ def run_matching(sae_dir: str | Path, out: str | Path, *, store_path: str | Path
                  device: str = "cpu", blocks: BlockSizes = BlockSizes(), batch_size: int = 4096,
                  progress: bool = True, access=None) -> dict[str, Any]:
     """Match every consecutive pair of layers of `sae_dir`, write OUT/*.parquet and the summary; returns it.
-    `access` (a ``stores.StoreAccess``): how --store is read (default: checked, finished stores only)."""
+    `access` (a ``run_config.StoreAccess``, e.g. the MatchRun): how --store is read (default: checked,
+    finished stores only)."""
     if top < 1:
         raise GhostTrackError(f"--top must be >= 1, got {top}")
     saes = find_layer_saes(sae_dir)

@@ -1,7 +1,6 @@
 """The per-layer SAEs of a run (`DIR/layer_<i>/`), checked from their cfg.json before any slow work."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
