@@ -34,11 +34,20 @@ from functools import lru_cache
 from typing import Any
 
 from ghosttrack.errors import GhostTrackError
+from ghosttrack.store.rows import parse_positions
 
 
 class ConfigError(GhostTrackError, ValueError):
     """A setting of the wrong type or out of range: one line naming the option, the value and what
     it accepts (a ValueError too, for library callers that catch that)."""
+
+
+def skip_positions_setting(value) -> tuple[int, ...]:
+    """--skip-positions as a tuple of positions (store.rows.parse_positions), or one line saying how to write it."""
+    try:
+        return parse_positions(value)
+    except ValueError as exc:
+        raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
 
 
 @lru_cache(maxsize=None)

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from ghosttrack.errors import GhostTrackError
 from ghosttrack.extract.hooks import HOOK_POINTS, capture_residuals, check_layers, find_blocks, replace_residual
 from ghosttrack.metrics import ReconstructionStats
-from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.config_fields import ConfigError, check_fields, skip_positions_setting
 from ghosttrack.run_config import parse_token_count
-from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
+from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio
 
 
 @dataclass
@@ -67,10 +67,7 @@ class EvalConfig:
             raise ConfigError(f"--tokens: {exc}") from None
         self.max_norm_ratio = norm_ratio(self.max_norm_ratio)
         if self.skip_positions is not None:
-            try:
-                self.skip_positions = parse_positions(self.skip_positions)
-            except ValueError as exc:
-                raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
+            self.skip_positions = skip_positions_setting(self.skip_positions)
 
     @property
     def n_sequences(self) -> int:

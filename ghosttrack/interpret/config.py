@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.config_fields import ConfigError, check_fields, skip_positions_setting
 from ghosttrack.run_config import DEVICE, DevicePlacement, ModelSource, StoreAccess, check_local_output
-from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio, parse_positions
+from ghosttrack.store.rows import MAX_NORM_RATIO, norm_ratio
 
 FORMATS = ("auto", "json", "jsonl")
 SKIP_POSITIONS_HELP = ("Sequence positions left out besides position 0, e.g. 1 or 0,1 (tokens after an attention "
@@ -70,10 +70,7 @@ class InterpretConfig(DevicePlacement, ModelSource):
         self.device = resolve_device(self.device)
         self.max_norm_ratio = norm_ratio(self.max_norm_ratio)
         if self.skip_positions is not None:
-            try:
-                self.skip_positions = parse_positions(self.skip_positions)
-            except ValueError as exc:
-                raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
+            self.skip_positions = skip_positions_setting(self.skip_positions)
         if self.quantile_bands and self.sample_size < self.quantile_bands:
             raise ConfigError(f"sample_size {self.sample_size} cannot fill {self.quantile_bands} quantile bands; "
                               "raise it (32 fills 5 bands) or pass 0 bands")

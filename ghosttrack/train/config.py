@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ghosttrack.config_fields import ConfigError, check_fields
+from ghosttrack.config_fields import ConfigError, check_fields, skip_positions_setting
 from ghosttrack.run_config import DEVICE, StoreAccess
 from ghosttrack.train.schedule import SCHEDULES
 from ghosttrack.store.rows import MAX_NORM_RATIO, parse_positions  # noqa: F401 - re-exported
@@ -93,10 +93,7 @@ class TrainerConfig:
             self.dtype = DTYPE_ALIASES[resolve_dtype("auto", self.device)[0]]
         if self.max_norm_ratio == 0:
             self.max_norm_ratio = None  # the command line's "0 keeps every row"
-        try:
-            self.skip_positions = ",".join(map(str, parse_positions(self.skip_positions)))
-        except ValueError as exc:
-            raise ConfigError(f"--skip-positions: {exc}; write e.g. 1 or 0,1 (or none)") from None
+        self.skip_positions = ",".join(map(str, skip_positions_setting(self.skip_positions)))
         # Checkpoints fall on log boundaries, where the loop has synced and checked the loss.
         self.checkpoint_every = -(-self.checkpoint_every // self.log_every) * self.log_every
 
