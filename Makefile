@@ -30,12 +30,14 @@ $(STAMP): pyproject.toml $(LOCK)
 # The CPU build of torch unless a CUDA driver is present (an unpinned torch pulls a multi-GB CUDA build).
 # --no-compile: Python writes bytecode for what it imports anyway; compiling every installed file
 # up front roughly doubles the set-up time on 2 cores.
+# torch is named in both installs: an eager upgrade of the project's needs (test-latest) would
+# otherwise replace the CPU build by the newest CUDA one (6 GB).
+TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 define make-venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then $(1)/bin/pip install -q --no-compile $(2) torch; \
-	else $(1)/bin/pip install -q --no-compile $(2) torch==2.13.0; fi
-	$(1)/bin/pip install -q --no-compile $(2) -e '.[dev]'
+	$(1)/bin/pip install -q --no-compile $(2) '$(TORCH_SPEC)'
+	$(1)/bin/pip install -q --no-compile $(2) '$(TORCH_SPEC)' -e '.[dev]'
 endef
 
 SAEPROBES := $(ASSETS)/sae_probes/.fetched
